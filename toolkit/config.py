@@ -1,0 +1,343 @@
+"""Training configuration: nested dataclasses, each field documented, loaded from a YAML recipe.
+
+A recipe is a YAML mapping of sections (`data`, `model`, `optim`, `schedule`, `train`, `wandb`) to fields.
+Command-line overrides use the form a W&B sweep agent passes, `--section.key=value`; values are parsed as
+YAML scalars and checked against the field's type. Unknown sections/keys are rejected with a suggestion.
+Defaults equal the reference setup (SVG on BAIR, the lab's train_fixed_prior.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from toolkit.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards/pushing"
+    """Directory or http(s) URL holding `manifest.json` and the `{split}-NNNNNN.tar` shards."""
+    train_split: str = "train"
+    """Split used for training (resampled, shuffled, the same number of batches on every rank)."""
+    val_split: str = "validate"
+    """Split used for validation PSNR (ordered, complete)."""
+    use_cond: bool = True
+    """Condition on the per-frame action + end-effector position; false trains an unconditional model."""
+    n_past: int = 2
+    """Context frames given to the model."""
+    n_future: int = 10
+    """Frames predicted after the context (training and evaluation use the first n_past+n_future frames)."""
+    random_window: bool = False
+    """Train on a random n_past+n_future window of each sequence instead of its first frames."""
+    batch_size: int = 12
+    """Sequences per batch per process (the reference uses 12 on one GPU)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank."""
+    shuffle_buffer: int = 256
+    """Sequences held in the training shuffle buffer (per worker)."""
+    val_sequences: int = 0
+    """Validate on the first N sequences of the split only; 0 means the full split."""
+
+
+@dataclass
+class ModelConfig:
+    width: float = 1.0
+    """Multiplier on the VGG64 channel widths (64, 128, 256, 512); 0.125 gives a tiny CPU model."""
+    g_dim: int = 128
+    """Frame encoding size (encoder output, decoder input)."""
+    z_dim: int = 64
+    """Latent size per frame."""
+    rnn_size: int = 256
+    """Hidden size of the LSTMs."""
+    predictor_layers: int = 2
+    """LSTM layers of the frame predictor."""
+    posterior_layers: int = 1
+    """LSTM layers of the Gaussian posterior q(z_t | x_1..t)."""
+    prior: str = "fixed"
+    """`fixed`: p(z_t) = N(0, I) (SVG-FP, the reference); `learned`: Gaussian LSTM p(z_t | x_1..t-1) (SVG-LP)."""
+    prior_layers: int = 1
+    """LSTM layers of the learned prior (used when prior = learned)."""
+    last_frame_skip: bool = False
+    """Take decoder skips from the previous frame at every step instead of from the last context frame."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.002
+    """Adam learning rate (the reference's 0.002)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the reference does not clip)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+
+
+@dataclass
+class ScheduleConfig:
+    tfr: float = 1.0
+    """Initial teacher forcing ratio: probability that a batch feeds ground-truth frames as inputs."""
+    tfr_start_decay_epoch: int = 0
+    """First epoch after which the teacher forcing ratio decreases."""
+    tfr_decay_step: float = 0.0
+    """Decrease of the teacher forcing ratio per epoch once decay has started."""
+    tfr_lower_bound: float = 0.0
+    """The teacher forcing ratio never goes below this."""
+    kl_anneal: str = "monotonic"
+    """KL weight schedule: `monotonic` (one 0->1 ramp), `cyclical` (Fu et al. 2019) or `none` (always 1)."""
+    kl_anneal_cycle: int = 3
+    """Number of cycles over the whole run (cyclical)."""
+    kl_anneal_ratio: float = 0.5
+    """Fraction of each cycle (of the run, for monotonic) spent ramping the weight from 0 to 1."""
+    kl_per_step: bool = False
+    """Update the KL weight every optimizer step instead of once per epoch."""
+    beta: float = 1e-4
+    """KL weight at the top of the ramp (the reference's beta)."""
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    """Directory for config.yaml, metrics.jsonl, checkpoints/, samples/ and the W&B run."""
+    epochs: int = 300
+    """Number of epochs (the reference trains 300)."""
+    epoch_size: int = 600
+    """Batches per rank per epoch (the reference's epoch_size)."""
+    seed: int = 1
+    """Seed for model init, data order and sampling; a run is reproducible given the seed and world size."""
+    mixed_precision: str = "no"
+    """`no`, `bf16` or `fp16` (fp16 uses a gradient scaler); the accelerate config may also set it."""
+    eval_every: int = 5
+    """Validate (PSNR on the validation split) every N epochs and after the last one."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every N epochs (and always after the last epoch or on SIGTERM/SIGINT)."""
+    keep_last: int = 3
+    """Periodic checkpoints to keep besides `best`."""
+    resume: str = ""
+    """`auto`: continue from the newest checkpoint in run_dir if any; a path: resume from that checkpoint."""
+    log_every: int = 50
+    """Write a step record to metrics.jsonl (and W&B) every N optimizer steps."""
+    max_nonfinite: int = 20
+    """Abort after this many steps with a non-finite loss (each is skipped)."""
+    num_gifs: int = 4
+    """Validation sequences rendered as prediction GIFs at each validation."""
+    progress: bool = True
+    """Show a progress bar on the main process."""
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"
+    """`auto` (online if the W&B server is reachable and logged in, else offline), `online`, `offline`, `disabled`."""
+    project: str = "cvae-video"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (team or user); empty uses the default."""
+    name: str = ""
+    """Run name; empty uses the run directory's name."""
+    tags: list[str] = field(default_factory=list)
+    """Tags added to the W&B run."""
+    log_videos: bool = True
+    """Log validation predictions as videos."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "model.prior": ("fixed", "learned"),
+    "schedule.kl_anneal": ("monotonic", "cyclical", "none"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _unknown(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(known))}"
+    return ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _coerce(value, tp, key: str, where: str):
+    """Check/convert `value` to the field type `tp` (int, float, bool, str, list[str])."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, typing.get_args(tp)[0], key, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads '1e-4' as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{where}: '{key}' must be {name}, got {value!r}")
+
+
+def _set(cfg: Config, dotted: str, value, where: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{where}: '{dotted}' must have the form section.key (sections: {', '.join(_fields(cfg))})")
+    section, key = parts
+    sections = _fields(cfg)
+    if section not in sections:
+        raise _unknown(section, sections, where)
+    sub = getattr(cfg, section)
+    keys = _fields(sub)
+    if key not in keys:
+        raise _unknown(f"{section}.{key}", [f"{section}.{k}" for k in keys], where)
+    types = typing.get_type_hints(type(sub))
+    setattr(sub, key, _coerce(value, types[key], dotted, where))
+
+
+def apply_mapping(cfg: Config, mapping: dict, where: str) -> None:
+    """Apply a nested {section: {key: value}} mapping (a parsed recipe) onto `cfg`."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: a recipe must be a mapping of sections, got {type(mapping).__name__}")
+    for section, values in mapping.items():
+        if section not in _fields(cfg):
+            raise _unknown(str(section), _fields(cfg), where)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section '{section}' must be a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            _set(cfg, f"{section}.{key}", value, where)
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, object]]:
+    """Parse `--section.key=value` (or `--section.key value`) arguments into (dotted key, YAML value) pairs."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ConfigError(f"command line: expected --section.key=value, got '{arg}'")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, raw = arg[2:], args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"command line: '{arg}' needs a value (--section.key=value)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that types alone cannot express; raises ConfigError naming the key."""
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"config: '{dotted}' must be one of {', '.join(choices)}, got {value!r}")
+    positive = ["data.n_past", "data.n_future", "data.batch_size", "model.g_dim", "model.z_dim", "model.rnn_size",
+                "model.predictor_layers", "model.posterior_layers", "model.prior_layers", "optim.grad_accum",
+                "schedule.kl_anneal_cycle", "train.epochs", "train.epoch_size", "train.eval_every",
+                "train.checkpoint_every", "train.keep_last", "train.log_every", "train.max_nonfinite"]
+    for dotted in positive:
+        section, key = dotted.split(".")
+        if getattr(getattr(cfg, section), key) < 1:
+            raise ConfigError(f"config: '{dotted}' must be >= 1, got {getattr(getattr(cfg, section), key)}")
+    checks = [
+        ("data.num_workers", cfg.data.num_workers >= 0, ">= 0"),
+        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, ">= 1"),
+        ("data.val_sequences", cfg.data.val_sequences >= 0, ">= 0"),
+        ("model.width", cfg.model.width > 0, "> 0"),
+        ("optim.lr", cfg.optim.lr > 0, "> 0"),
+        ("optim.grad_clip", cfg.optim.grad_clip >= 0, ">= 0"),
+        ("schedule.tfr", 0 <= cfg.schedule.tfr <= 1, "in [0, 1]"),
+        ("schedule.tfr_lower_bound", 0 <= cfg.schedule.tfr_lower_bound <= 1, "in [0, 1]"),
+        ("schedule.tfr_decay_step", cfg.schedule.tfr_decay_step >= 0, ">= 0"),
+        ("schedule.tfr_start_decay_epoch", cfg.schedule.tfr_start_decay_epoch >= 0, ">= 0"),
+        ("schedule.kl_anneal_ratio", 0 < cfg.schedule.kl_anneal_ratio <= 1, "in (0, 1]"),
+        ("schedule.beta", cfg.schedule.beta >= 0, ">= 0"),
+        ("train.num_gifs", cfg.train.num_gifs >= 0, ">= 0"),
+        ("train.epoch_size", cfg.train.epoch_size % cfg.optim.grad_accum == 0, "a multiple of optim.grad_accum"),
+    ]
+    for dotted, ok, what in checks:
+        if not ok:
+            section, key = dotted.split(".")
+            raise ConfigError(f"config: '{dotted}' must be {what}, got {getattr(getattr(cfg, section), key)}")
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML recipe <- `--section.key=value` overrides, then validated."""
+    cfg = Config()
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"{path}: recipe not found")
+        try:
+            mapping = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        apply_mapping(cfg, mapping, str(path))
+    for key, value in parse_overrides(overrides or []):
+        _set(cfg, key, value, f"override --{key}")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(mapping: dict, where: str = "config") -> Config:
+    cfg = Config()
+    apply_mapping(cfg, mapping, where)
+    validate(cfg)
+    return cfg
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flat_keys(cfg: Config | None = None) -> list[str]:
+    """Every `section.key` (used to check sweep YAMLs against the schema)."""
+    cfg = cfg or Config()
+    return [f"{s}.{k}" for s in _fields(cfg) for k in _fields(getattr(cfg, s))]
