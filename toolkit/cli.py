@@ -27,9 +27,9 @@ def _shards_convert(args: argparse.Namespace) -> None:
 
 
 def _shards_verify(args: argparse.Namespace) -> None:
-    from toolkit.data.shards import verify
+    from toolkit.data.verify import verify_shards
 
-    verify(args.out, progress=not args.quiet)
+    verify_shards(args.out, progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_message(e: ToolkitError) -> str:
+    """The user-facing message; errors re-raised from a DataLoader worker carry its traceback: keep the cause."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        msg = msg.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return msg
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
