@@ -1,0 +1,106 @@
+"""Per-sequence video prediction metrics (batched torch): PSNR, SSIM, copy-last-frame baseline, best of N.
+
+Evaluation protocol: the model sees frames 0..n_past-1 of the first n_past+n_future frames of each sequence and
+is scored on frames n_past..n_past+n_future-1; per-frame values are averaged over the whole evaluation set. The
+functions here only compute per-sequence, per-frame values [B, T]; the trainer/evaluator gathers them across
+batches and processes. PSNR and SSIM follow the lab's `finn_eval_seq` (`finn_psnr`, `finn_ssim`): computed per
+channel, then averaged over channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MSE_FLOOR = 1e-10
+"""PSNR clamps the per-channel MSE at this value: identical frames give 20 log10(range) + 100 dB."""
+
+
+def _check(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    if pred.shape != target.shape or pred.dim() != 5:
+        raise ValueError(f"{name}: need pred and target [B, T, C, H, W] of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR [B, T] (float64) of frames [B, T, C, H, W]: per channel 20 log10(range) - 10 log10(mse_c), then
+    averaged over channels, as `finn_psnr`. mse_c is clamped at 1e-10, so identical frames give 100 dB (range 1)
+    instead of infinity.
+    """
+    _check(pred, target, "psnr")
+    mse = (pred.double() - target.double()).pow(2).mean(dim=(3, 4)).clamp_min(MSE_FLOOR)
+    return (20 * math.log10(data_range) - 10 * torch.log10(mse)).mean(dim=2)
+
+
+def gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """A normalized 1-D Gaussian (float64)."""
+    r = torch.arange(size, dtype=torch.float64) - (size // 2)
+    g = torch.exp(-(r ** 2) / (2.0 * sigma ** 2))
+    return g / g.sum()
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """`fspecial_gauss`: a normalized size x size Gaussian window (float64), the outer product of two 1-D ones."""
+    g = gaussian_1d(size, sigma)
+    return g[:, None] * g[None, :]
+
+
+def _band(n: int, g: torch.Tensor) -> torch.Tensor:
+    """[n - k + 1, n] matrix whose rows slide the 1-D kernel g: `band @ v` is the 'valid' correlation of v."""
+    k = g.numel()
+    m = g.new_zeros(n - k + 1, n)
+    for i in range(n - k + 1):
+        m[i, i:i + k] = g
+    return m
+
+
+def _valid_gaussian_blur(maps: torch.Tensor) -> torch.Tensor:
+    """'valid' 11x11 Gaussian filtering of maps [N, H, W] (float64) -> [N, H-10, W-10].
+
+    fspecial_gauss is the outer product of two normalized 1-D Gaussians, so the 2-D filter is a row pass and a
+    column pass; both are banded matrix products, which run on BLAS in float64 (a float64 conv2d has no fast CPU
+    kernel). Equal to the 2-D convolution up to float64 rounding.
+    """
+    g = gaussian_1d().to(maps.device)
+    return _band(maps.shape[1], g) @ maps @ _band(maps.shape[2], g).T
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM [B, T] (float64) of frames [B, T, C, H, W] in [0, 1], exactly the lab's `finn_ssim`.
+
+    11x11 Gaussian window (sigma 1.5), 'valid' convolution (no padding; the map is (H-10) x (W-10)), K1 = 0.01,
+    K2 = 0.03, L = 1, float64; the map is averaged per channel (a NaN channel counts as -1, as in
+    `finn_eval_seq`), then over channels.
+    """
+    _check(pred, target, "ssim")
+    B, T, C, H, W = pred.shape
+    x = target.double().reshape(B * T * C, H, W)
+    y = pred.double().reshape(B * T * C, H, W)
+    c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
+    stats = _valid_gaussian_blur(torch.stack([x, y, x * x, y * y, x * y], 1).view(-1, H, W))
+    mu1, mu2, xx, yy, xy = stats.view(B * T * C, 5, *stats.shape[1:]).unbind(1)
+    mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1, s2, s12 = xx - mu1_sq, yy - mu2_sq, xy - mu1_mu2
+    ssim_map = ((2 * mu1_mu2 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+    per_channel = ssim_map.mean(dim=(1, 2)).view(B, T, C)
+    per_channel = torch.where(torch.isnan(per_channel), torch.full_like(per_channel, -1.0), per_channel)
+    return per_channel.mean(dim=2)
+
+
+def copy_last_frame(past: torch.Tensor, n_future: int) -> torch.Tensor:
+    """Baseline prediction: the last context frame repeated, past [B, n_past, ...] -> [B, n_future, ...]."""
+    return past[:, -1:].expand(past.shape[0], n_future, *past.shape[2:]).contiguous()
+
+
+def best_of_n(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best of N samples per sequence: scores [N, B, T] (PSNR) -> (best [B, T], index [B]).
+
+    For each sequence keeps the sample with the highest mean score over frames (ties: the lowest index); use
+    `index` to pick the same sample's other metrics (e.g. SSIM).
+    """
+    if scores.dim() != 3:
+        raise ValueError(f"best_of_n: need scores [N, B, T], got {tuple(scores.shape)}")
+    index = scores.mean(dim=2).argmax(dim=0)
+    best = scores.gather(0, index[None, :, None].expand(1, *scores.shape[1:]))[0]
+    return best, index

@@ -1,0 +1,197 @@
+"""SVG (Denton & Fergus 2018) as one module: VGG64 encoder/decoder, frame predictor, posterior, optional prior.
+
+Notation: frames x_0..x_{T-1}; step i (1 <= i <= T-1) predicts x_i from the input frame x_{i-1}, the latent z_i
+and the conditioning row cond_{i-1} (actions[i-1] takes frame i-1 to frame i). The predictor sees
+cat(h_{i-1}, z_i, cond_{i-1}) where h = enc(frame). Decoder skips come from the input frame while it is a context
+frame (i <= n_past) and from the last context frame x_{n_past-1} for every predicted step after that (or from
+the previous frame at every step with `last_frame_skip`). Note: edenton/svg's code updates the skips only while
+i < n_past, so its predictions take skips from x_{n_past-2} (x_0 for n_past = 2), one frame older than the
+paper's "last ground truth frame"; this toolkit uses the last context frame, as the paper describes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from toolkit.config import ModelConfig
+from toolkit.errors import ConfigError
+from toolkit.model.lstm import GaussianLSTM, LSTM
+from toolkit.model.vgg64 import Decoder, Encoder, init_weights
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32; float32 and float64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
+                  prior_logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q || p) summed over every element and divided by the batch size (dim 0), in (at least) float32
+    with autocast off.
+
+    With no prior given p = N(0, I): -0.5 * sum(1 + logvar - mu^2 - exp(logvar)); otherwise the Gaussian-Gaussian
+    KL log(s2/s1) + (s1^2 + (mu1 - mu2)^2) / (2 s2^2) - 1/2, as the reference's `kl_criterion`.
+    """
+    with torch.autocast(device_type=mu.device.type, enabled=False):
+        mu, logvar = _at_least_float32(mu), _at_least_float32(logvar)
+        if prior_mu is None:
+            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+        else:
+            pmu, plogvar = _at_least_float32(prior_mu), _at_least_float32(prior_logvar)
+            kl = 0.5 * (plogvar - logvar) + (logvar.exp() + (mu - pmu).pow(2)) / (2 * plogvar.exp()) - 0.5
+        return kl.sum() / mu.shape[0]
+
+
+class SVG(nn.Module):
+    """SVG-FP (`cfg.prior == "fixed"`) or SVG-LP (`"learned"`) with per-frame conditioning of size `cond_dim`."""
+
+    def __init__(self, cfg: ModelConfig, cond_dim: int, n_past: int, channels: int = 3) -> None:
+        super().__init__()
+        if cfg.prior not in ("fixed", "learned"):
+            raise ConfigError(f"model: 'model.prior' must be fixed or learned, got {cfg.prior!r}")
+        if n_past < 1 or cond_dim < 0:
+            raise ConfigError(f"model: n_past must be >= 1 and cond_dim >= 0, got {n_past} and {cond_dim}")
+        self.cfg, self.cond_dim, self.n_past, self.channels = cfg, cond_dim, n_past, channels
+        self.encoder = Encoder(cfg.g_dim, channels, cfg.width)
+        self.decoder = Decoder(cfg.g_dim, channels, cfg.width)
+        self.predictor = LSTM(cfg.g_dim + cfg.z_dim + cond_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
+        self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
+        self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
+                      if cfg.prior == "learned" else None)
+        self.apply(init_weights)
+
+    def param_count(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def skip_source(self, i: int) -> int:
+        """Index of the frame whose encoder skips the decoder uses at step i (see the module docstring)."""
+        if self.cfg.last_frame_skip:
+            return i - 1
+        return min(i - 1, self.n_past - 1)
+
+    def forward(self, frames: torch.Tensor, cond: torch.Tensor, tfr: float = 1.0,
+                beta: float = 1.0) -> dict[str, torch.Tensor]:
+        """Training loss of one batch: frames [B, T, C, H, W] in [0, 1], cond [B, T, D] (D may be 0).
+
+        Returns {"loss", "mse", "kld"} (0-dim). As in the reference training loop, `mse` is the SUM over the
+        T-1 steps of the per-step pixel mean squared error (nn.MSELoss) and `kld` the SUM over steps of the KL
+        summed over z dims and batch divided by the batch size; loss = mse + beta * kld. Divide by T-1 for
+        per-frame figures. The KL is computed in float32 with autocast disabled.
+
+        Teacher forcing: one decision per batch, `torch.rand(()) < tfr` (global torch RNG). When on, inputs are
+        the ground-truth frames; all T frames are encoded in ONE encoder call on [B*T, C, H, W], the LSTMs run
+        step by step, and all T-1 predictions are decoded in ONE decoder call (a skip frame shared by several
+        steps goes through the skip half of each decoder block's first convolution once). When off, inputs after
+        the context are the model's own (non-detached) previous predictions, encoded and decoded step by step
+        (targets are still encoded in one call). Consequence of the batching: in train mode the encoder's (and,
+        with teacher forcing, the decoder's) BatchNorm statistics span B*T (B*(T-1)) samples instead of the
+        reference's B per call. The predictor's BatchNorm1d still sees B per step, as in the reference.
+        """
+        B, T, C, H, W = frames.shape
+        if T < 2 or cond.shape[:2] != (B, T) or cond.shape[2] != self.cond_dim:
+            raise ValueError(f"SVG.forward: need frames [B, T>=2, C, H, W] and cond [B, T, {self.cond_dim}], "
+                             f"got {tuple(frames.shape)} and {tuple(cond.shape)}")
+        use_tf = bool(torch.rand(()) < tfr)
+        h_all, skips_all = self.encoder(frames.reshape(B * T, C, H, W))
+        h_all = h_all.view(B, T, -1)
+        skips_all = [s.view(B, T, *s.shape[1:]) for s in skips_all]
+        post_state = prior_state = pred_state = None
+        mus, logvars, prior_mus, prior_logvars, preds = [], [], [], [], []
+        x_prev = None
+        for i in range(1, T):
+            if use_tf or i - 1 < self.n_past:
+                h_in, skips_in = h_all[:, i - 1], [s[:, i - 1] for s in skips_all]
+            else:
+                h_in, skips_in = self.encoder(x_prev)
+            (z, mu, logvar), post_state = self.posterior(h_all[:, i], post_state)
+            if self.prior is not None:
+                (_, pmu, plogvar), prior_state = self.prior(h_in, prior_state, sample=False)
+                prior_mus.append(pmu)
+                prior_logvars.append(plogvar)
+            h_pred, pred_state = self.predictor(torch.cat([h_in, z, cond[:, i - 1].to(h_in.dtype)], 1), pred_state)
+            mus.append(mu)
+            logvars.append(logvar)
+            if use_tf:
+                preds.append(h_pred)
+            else:
+                j = self.skip_source(i)
+                skips = skips_in if j == i - 1 else [s[:, j] for s in skips_all]
+                x_prev = self.decoder(h_pred, skips)
+                preds.append(x_prev)
+        if use_tf:
+            x_pred = self._decode_batched(torch.stack(preds, 1), skips_all)
+        else:
+            x_pred = torch.stack(preds, 1)
+        mse = (_at_least_float32(x_pred) - _at_least_float32(frames[:, 1:])).pow(2).mean(dim=(0, 2, 3, 4)).sum()
+        mu, logvar = torch.stack(mus, 1), torch.stack(logvars, 1)
+        if self.prior is None:
+            kld = kl_divergence(mu, logvar)
+        else:
+            kld = kl_divergence(mu, logvar, torch.stack(prior_mus, 1), torch.stack(prior_logvars, 1))
+        return {"loss": mse + beta * kld, "mse": mse, "kld": kld}
+
+    def _decode_batched(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor]) -> torch.Tensor:
+        """Decode h_pred [B, T-1, g_dim] (step i at position i-1) in one decoder call -> [B, T-1, C, H, W].
+
+        Skips come from frames `skip_source(i)`; when several steps share a skip frame (no last_frame_skip),
+        only the distinct frames are passed and the decoder maps rows to them with a skip index.
+        """
+        B, steps = h_pred.shape[:2]
+        idx = [self.skip_source(i) for i in range(1, steps + 1)]
+        frames = sorted(set(idx))
+        h = h_pred.reshape(B * steps, -1)
+        if len(frames) == steps:
+            skips = [s[:, idx].flatten(0, 1) for s in skips_all]
+            x = self.decoder(h, skips)
+        else:
+            pos = torch.tensor([frames.index(j) for j in idx], device=h.device)
+            skip_index = (torch.arange(B, device=h.device)[:, None] * len(frames) + pos).flatten()
+            x = self.decoder(h, [s[:, frames].flatten(0, 1) for s in skips_all], skip_index)
+        return x.view(B, steps, *x.shape[1:])
+
+    @torch.no_grad()
+    def generate(self, past: torch.Tensor, cond: torch.Tensor, n_future: int, sample: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Predict n_future frames after past [B, n_past, C, H, W]; returns [B, n_future, C, H, W].
+
+        cond [B, >= n_past + n_future - 1, D]. Like the reference's `plot`/`pred`: during the context steps the
+        posterior sees the true next context frame (warming its state; its mean when `sample=False`) and the
+        input stays ground truth; afterwards z comes from the prior (N(0, I) for the fixed prior, the learned
+        prior's Gaussian otherwise), or its mean when `sample=False`, and each prediction is fed back as the
+        next input. Random numbers come from `generator` (on the model's device) or the default generator.
+        Does not change train/eval mode: call `.eval()` first for inference.
+        """
+        B, n_past = past.shape[:2]
+        if n_past != self.n_past or cond.shape[0] != B or cond.shape[1] < n_past + n_future - 1 \
+                or cond.shape[2] != self.cond_dim or n_future < 1:
+            raise ValueError(f"SVG.generate: need past [B, {self.n_past}, C, H, W], cond [B, >= "
+                             f"{self.n_past + n_future - 1}, {self.cond_dim}] and n_future >= 1, got "
+                             f"{tuple(past.shape)}, {tuple(cond.shape)} and {n_future}")
+        h_past, skips_past = self.encoder(past.flatten(0, 1))
+        h_past = h_past.view(B, n_past, -1)
+        skips_past = [s.view(B, n_past, *s.shape[1:]) for s in skips_past]
+        post_state = prior_state = pred_state = None
+        out, x_prev = [], None
+        for i in range(1, n_past + n_future):
+            if i - 1 < n_past:
+                h_in, skips_in = h_past[:, i - 1], [s[:, i - 1] for s in skips_past]
+            else:
+                h_in, skips_in = self.encoder(x_prev)
+            if i < n_past:
+                (z, _, _), post_state = self.posterior(h_past[:, i], post_state, generator, sample)
+                if self.prior is not None:
+                    _, prior_state = self.prior(h_in, prior_state, sample=False)
+            elif self.prior is not None:
+                (z, _, _), prior_state = self.prior(h_in, prior_state, generator, sample)
+            elif sample:
+                z = torch.randn((B, self.cfg.z_dim), generator=generator, device=h_in.device, dtype=h_in.dtype)
+            else:
+                z = h_in.new_zeros(B, self.cfg.z_dim)
+            h_pred, pred_state = self.predictor(torch.cat([h_in, z, cond[:, i - 1].to(h_in.dtype)], 1), pred_state)
+            if i >= n_past:
+                j = self.skip_source(i)
+                x_prev = self.decoder(h_pred, skips_in if j == i - 1 else [s[:, j] for s in skips_past])
+                out.append(x_prev)
+        return torch.stack(out, 1)

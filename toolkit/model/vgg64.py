@@ -1,0 +1,99 @@
+"""VGG-style 64x64 frame encoder and decoder with skip connections (SVG's models/vgg_64.py).
+
+The layout is the reference's exactly; only the channel widths 64/128/256/512 are multiplied by `width`
+(rounded, at least 1), so `width=0.125` gives an 8/16/32/64-channel model that runs on a CPU with the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count `channels * width`, rounded, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def init_weights(m: nn.Module) -> None:
+    """The reference's `utils.init_weights`: conv/linear N(0, 0.02) with zero bias, batch norm N(1, 0.02).
+
+    Applied with `module.apply(init_weights)`. LSTM cells keep PyTorch's default init, as in the reference
+    (their class name matches neither 'Conv' nor 'Linear').
+    """
+    name = type(m).__name__
+    if "Conv" in name or "Linear" in name:
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif "BatchNorm" in name:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class VGGLayer(nn.Sequential):
+    """Conv 3x3 (stride 1, pad 1) + BatchNorm2d + LeakyReLU(0.2)."""
+
+    def __init__(self, nin: int, nout: int) -> None:
+        super().__init__(nn.Conv2d(nin, nout, 3, 1, 1), nn.BatchNorm2d(nout), nn.LeakyReLU(0.2, inplace=True))
+
+
+class Encoder(nn.Module):
+    """[N, C, 64, 64] -> (h [N, g_dim] in (-1, 1), skips [64x64, 32x32, 16x16, 8x8 feature maps])."""
+
+    def __init__(self, g_dim: int, channels: int = 3, width: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = (scaled(c, width) for c in (64, 128, 256, 512))
+        self.g_dim = g_dim
+        self.c1 = nn.Sequential(VGGLayer(channels, c1), VGGLayer(c1, c1))  # 64 x 64
+        self.c2 = nn.Sequential(VGGLayer(c1, c2), VGGLayer(c2, c2))  # 32 x 32
+        self.c3 = nn.Sequential(VGGLayer(c2, c3), VGGLayer(c3, c3), VGGLayer(c3, c3))  # 16 x 16
+        self.c4 = nn.Sequential(VGGLayer(c3, c4), VGGLayer(c4, c4), VGGLayer(c4, c4))  # 8 x 8
+        self.c5 = nn.Sequential(nn.Conv2d(c4, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())  # 4 -> 1
+        self.mp = nn.MaxPool2d(kernel_size=2, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h1 = self.c1(x)
+        h2 = self.c2(self.mp(h1))
+        h3 = self.c3(self.mp(h2))
+        h4 = self.c4(self.mp(h3))
+        h5 = self.c5(self.mp(h4))
+        return h5.reshape(-1, self.g_dim), [h1, h2, h3, h4]
+
+
+class Decoder(nn.Module):
+    """(h [N, g_dim], skips from `Encoder`) -> frames [N, C, 64, 64] in (0, 1)."""
+
+    def __init__(self, g_dim: int, channels: int = 3, width: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = (scaled(c, width) for c in (64, 128, 256, 512))
+        self.g_dim = g_dim
+        self.upc1 = nn.Sequential(nn.ConvTranspose2d(g_dim, c4, 4, 1, 0), nn.BatchNorm2d(c4),
+                                  nn.LeakyReLU(0.2, inplace=True))  # 1 -> 4
+        self.upc2 = nn.Sequential(VGGLayer(c4 * 2, c4), VGGLayer(c4, c4), VGGLayer(c4, c3))  # 8 x 8
+        self.upc3 = nn.Sequential(VGGLayer(c3 * 2, c3), VGGLayer(c3, c3), VGGLayer(c3, c2))  # 16 x 16
+        self.upc4 = nn.Sequential(VGGLayer(c2 * 2, c2), VGGLayer(c2, c1))  # 32 x 32
+        self.upc5 = nn.Sequential(VGGLayer(c1 * 2, c1), nn.ConvTranspose2d(c1, channels, 3, 1, 1), nn.Sigmoid())
+        self.up = nn.UpsamplingNearest2d(scale_factor=2)
+
+    def forward(self, h: torch.Tensor, skips: list[torch.Tensor],
+                skip_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode h [N, g_dim] with skips [N, ...] (the reference), or, given `skip_index` [N], with skips
+        [M, ...] where row n uses skip row skip_index[n]: the skip half of each block's first convolution then
+        runs once per distinct skip (M rows) instead of once per output (the same result, less work)."""
+        d = self.upc1(h.reshape(-1, self.g_dim, 1, 1))
+        for block, skip in zip((self.upc2, self.upc3, self.upc4, self.upc5), skips[::-1]):
+            d = self._block(block, self.up(d), skip, skip_index)
+        return d
+
+    @staticmethod
+    def _block(block: nn.Sequential, up: torch.Tensor, skip: torch.Tensor,
+               skip_index: torch.Tensor | None) -> torch.Tensor:
+        if skip_index is None:
+            return block(torch.cat([up, skip], 1))
+        conv, bn, act = block[0]  # conv(cat(up, skip)) = conv_up(up) + conv_skip(skip), by input channel
+        n = up.shape[1]
+        y = F.conv2d(up, conv.weight[:, :n], conv.bias, padding=1)
+        y = y + F.conv2d(skip, conv.weight[:, n:], None, padding=1)[skip_index]
+        return block[1:](act(bn(y)))
