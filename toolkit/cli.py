@@ -32,6 +32,13 @@ def _shards_verify(args: argparse.Namespace) -> None:
     verify_shards(args.out, progress=not args.quiet)
 
 
+def _train(args: argparse.Namespace) -> None:
+    from toolkit.config import load_config
+    from toolkit.train import train
+
+    train(load_config(args.recipe, args.overrides))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvae", description="Stochastic video prediction with a conditional VAE (SVG).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("out", help="shard directory (with manifest.json)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_shards_verify)
+    t = sub.add_parser("train", help="train a model (run under `accelerate launch -m toolkit train ...` for DDP)",
+                       description="Train from a YAML recipe; override any key with --section.key=value "
+                                   "(e.g. --train.epochs=10 --model.prior=learned), as a W&B sweep agent passes them.")
+    t.add_argument("recipe", help="training recipe, e.g. recipes/train/demo.yaml")
+    t.set_defaults(func=_train, accepts_overrides=True)
     return p
 
 

@@ -108,15 +108,17 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
-    """Directory for config.yaml, metrics.jsonl, checkpoints/, samples/ and the W&B run."""
+    """Directory for config.yaml, metrics.jsonl, checkpoints/, samples/ and the W&B run; `{run_id}` in it is
+    replaced by the W&B run id (one directory per sweep run)."""
     epochs: int = 300
     """Number of epochs (the reference trains 300)."""
     epoch_size: int = 600
     """Batches per rank per epoch (the reference's epoch_size)."""
     seed: int = 1
     """Seed for model init, data order and sampling; a run is reproducible given the seed and world size."""
-    mixed_precision: str = "no"
-    """`no`, `bf16` or `fp16` (fp16 uses a gradient scaler); the accelerate config may also set it."""
+    mixed_precision: str = "auto"
+    """`auto` (what `accelerate launch`'s config sets, else none), `no`, `bf16` or `fp16` (with a gradient
+    scaler; needs a GPU: on CPU accelerate runs fp16 requests in float32)."""
     eval_every: int = 5
     """Validate (PSNR on the validation split) every N epochs and after the last one."""
     checkpoint_every: int = 1
@@ -164,7 +166,7 @@ class Config:
 CHOICES = {
     "model.prior": ("fixed", "learned"),
     "schedule.kl_anneal": ("monotonic", "cyclical", "none"),
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import signal
 import warnings
 from typing import Iterator, NamedTuple
 
@@ -100,6 +101,18 @@ def _collate(items: list[tuple]) -> Batch:
     return Batch(torch.stack([f for f, _, _ in items]), torch.stack([c for _, c, _ in items]), [k for _, _, k in items])
 
 
+def _worker_init(worker_id: int) -> None:
+    """Workers ignore Ctrl-C: the trainer handles SIGINT in the main process and stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
+    """A WebLoader whose DataLoader draws its (unused) base seed from a private generator, not the global RNG,
+    so creating a loader never shifts the training randomness (exact resume)."""
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
+                         generator=torch.Generator().manual_seed(0))
+
+
 def _to_float(batch: Batch) -> Batch:
     return batch._replace(frames=batch.frames.float().div_(255.0))
 
@@ -129,8 +142,7 @@ def train_loader(m: Manifest | str, split: str, batch_size: int, n_batches: int,
         functools.partial(_decode, m=m, window=window, use_cond=use_cond, seed=s if random_window else None),
         wds.batched(batch_size, collation_fn=_collate, partial=False),
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False)
-    return loader.map(_to_float).with_epoch(n_batches)
+    return _loader(pipeline, num_workers).map(_to_float).with_epoch(n_batches)
 
 
 def eval_loader(m: Manifest | str, split: str, batch_size: int, window: int, *, rank: int = 0, world_size: int = 1,
@@ -150,8 +162,7 @@ def eval_loader(m: Manifest | str, split: str, batch_size: int, window: int, *, 
         functools.partial(_decode, m=m, window=window, use_cond=use_cond, seed=None),
         wds.batched(batch_size, collation_fn=_collate, partial=True),
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=min(num_workers, len(urls)))
-    return loader.map(_to_float)
+    return _loader(pipeline, min(num_workers, len(urls))).map(_to_float)
 
 
 def eval_count(m: Manifest, split: str, limit: int = 0) -> int:

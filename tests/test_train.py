@@ -1,0 +1,226 @@
+"""The trainer, for real: 2-process DDP on CPU, exact resume after kill -9, SIGTERM checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from toolkit.checkpoint import list_checkpoints, read_checkpoint_meta
+from toolkit.config import ModelConfig, load_config
+from toolkit.data.shards import convert
+from toolkit.data.synth import generate_dataset
+from toolkit.model import SVG
+from toolkit.tracking import read_metrics
+from toolkit.train import param_checksum
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"width": 0.125, "g_dim": 16, "z_dim": 4, "rnn_size": 32}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("train")
+    generate_dataset(root / "folders", "pushing", {"train": 16, "validate": 4, "test": 0}, seed=0, progress=False)
+    convert(root / "folders", root / "shards", maxcount=4, progress=False)
+    return str(root / "shards")
+
+
+def recipe(tmp_path: Path, shards: str, name: str = "recipe.yaml", **sections) -> Path:
+    data = {"data": {"shards": shards, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
+            "model": dict(TINY_MODEL),
+            "train": {"run_dir": str(tmp_path / "run"), "epochs": 3, "epoch_size": 4, "eval_every": 2,
+                      "log_every": 1, "num_gifs": 1, "progress": False},
+            "wandb": {"mode": "disabled"}}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cvae(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=600, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(run_dir: Path) -> list[tuple]:
+    """Every logged training/validation number except timings."""
+    return [sorted((k, v) for k, v in r.items() if k != "seq_per_s")
+            for r in read_metrics(run_dir) if r["kind"] in ("step", "epoch", "val")]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_keeps_ranks_identical(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 2, "epoch_size": 3})
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+           str(REPO / "recipes/accelerate/cpu.yaml"), "--main_process_port", str(free_port()),
+           "-m", "toolkit", "train", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = read_metrics(tmp_path / "run", "final")[-1]
+    assert final["world_size"] == 2 and final["step"] == 6
+    sums = final["param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]  # both ranks hold bit-identical weights
+    torch.manual_seed(1)
+    initial = param_checksum(SVG(ModelConfig(**TINY_MODEL), cond_dim=7, n_past=2))
+    assert sums[0] != initial  # ... and they did train
+    val = read_metrics(tmp_path / "run", "val")[-1]
+    assert val["count"] == 4  # the validation split scored once over both ranks
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_resume_after_kill_9_logs_the_same_losses(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 4, "epoch_size": 6, "eval_every": 2})
+    reference = cvae("train", str(path), "--train.run_dir=" + str(tmp_path / "a"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(path), "--train.run_dir=" + str(run)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Kill during the third epoch: after the epoch_000002 checkpoint, with some of epoch 3 already logged.
+    _wait_for(lambda: any(r["kind"] == "step" and r["epoch"] == 2 for r in read_metrics(run)), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in list_checkpoints(run)][-1] == "epoch_000002"
+    resumed = cvae("train", str(path), "--train.run_dir=" + str(run), "--train.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "epoch_000002" in resumed.stdout
+    assert losses(run) == losses(tmp_path / "a")
+    assert len(losses(run)) == 4 * 6 + 4 + 2  # step + epoch + val records, none duplicated
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 40, "eval_every": 1})
+    reference = cvae("train", str(path), "--train.run_dir=" + str(tmp_path / "a"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(path), "--train.run_dir=" + str(run)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(read_metrics(run, "step")) >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped by a signal" in out
+    saved = list_checkpoints(run)
+    assert len(saved) == 1 and "_step_" in saved[0].name
+    state, _ = read_checkpoint_meta(saved[0])
+    assert state.epoch == 0 and 5 <= state.step_in_epoch < 40 and state.global_step == state.step_in_epoch
+    assert read_metrics(run, "final")[-1]["stopped"] is True
+    resumed = cvae("train", str(path), "--train.run_dir=" + str(run), "--train.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(run) == losses(tmp_path / "a")
+
+
+def test_bad_recipe_keys_and_values_give_clear_errors(tmp_path, shards):
+    path = recipe(tmp_path, shards)
+    for args, message in [
+        (["--model.zdim=3"], "unknown key 'model.zdim'; did you mean 'model.z_dim'?"),
+        (["--schedule.kl_anneal=cyclic"], "'schedule.kl_anneal' must be one of monotonic, cyclical, none"),
+        (["--train.epochs=ten"], "'train.epochs' must be int, got 'ten'"),
+        (["--data.shards=" + str(tmp_path / "nowhere")], "cannot read the shard manifest"),
+    ]:
+        proc = cvae("train", str(path), *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  g_dim: 16\n  prior: fixed\n optim: {}\n")
+    proc = cvae("train", str(bad))
+    assert proc.returncode == 2 and f"{bad} line" in proc.stderr and "invalid YAML" in proc.stderr
+    bad.write_text(yaml.safe_dump({"modle": {"g_dim": 3}}))
+    proc = cvae("train", str(bad))
+    assert proc.returncode == 2 and f"{bad}: unknown key 'modle'; did you mean 'model'?" in proc.stderr
+
+
+def test_a_run_is_not_overwritten_and_other_model_configs_are_refused(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 2})
+    assert cvae("train", str(path)).returncode == 0
+    again = cvae("train", str(path))
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr and "--train.resume=auto" in again.stderr
+    other = cvae("train", str(path), "--train.resume=auto", "--model.z_dim=8", "--train.epochs=2")
+    assert other.returncode == 2 and "different model configuration" in other.stderr
+    assert "model.z_dim: checkpoint 4, now 8" in other.stderr
+
+
+def test_nonfinite_losses_are_skipped_then_abort_keeps_the_last_checkpoint(tmp_path, shards, monkeypatch):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from toolkit.errors import ToolkitError
+    from toolkit.train import train
+
+    real_forward = SVG.forward
+    calls = {"n": 0}
+
+    def flaky_forward(self, frames, cond, tfr=1.0, beta=1.0):
+        out = real_forward(self, frames, cond, tfr, beta)
+        calls["n"] += 1
+        if calls["n"] in (2, 3) or calls["n"] > 4:  # two bad steps in the first epoch, then only bad ones
+            out = {**out, "loss": out["loss"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(SVG, "forward", flaky_forward)
+    cfg = load_config(recipe(tmp_path, shards, train={"epochs": 3, "epoch_size": 4, "max_nonfinite": 4,
+                                                      "eval_every": 10}))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with pytest.raises(ToolkitError, match=r"not finite in 5 steps .* Last good checkpoint: .*epoch_000001"):
+        train(cfg)
+    epochs = read_metrics(tmp_path / "run", "epoch")
+    assert [e["nonfinite"] for e in epochs] == [2]
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "step")] == [1, 4]  # only finite steps are logged
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch_000001"]
+    state, _ = read_checkpoint_meta(tmp_path / "run" / "checkpoints" / "epoch_000001")
+    assert state.nonfinite == 2 and state.global_step == 4
+    weights = load_file(tmp_path / "run" / "checkpoints" / "epoch_000001" / "model.safetensors")
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())  # skipped steps never touched them
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for path in sorted((REPO / "recipes" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        assert config.num_processes >= 1 and config.mixed_precision in ("no", "bf16", "fp16"), path
+
+
+def test_recipes_load():
+    for path in sorted((REPO / "recipes" / "train").glob("*.yaml")):
+        load_config(path)
+
+
+def test_wandb_offline_run_is_continued_on_resume(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 2}, wandb={"mode": "auto"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_SILENT="true", HOME=str(tmp_path), WANDB_BASE_URL="http://127.0.0.1:9")  # no key, no server
+    first = cvae("train", str(path), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = (tmp_path / "run" / "wandb_run_id").read_text().strip()
+    second = cvae("train", str(path), "--train.resume=auto", "--train.epochs=2", env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    offline = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
+    history = offline[-1] / f"run-{run_id}.wandb"
+    assert history.is_file() and history.stat().st_size > 0
+    assert json.loads((tmp_path / "run" / "checkpoints" / "epoch_000002" / "train_state.json").read_text())[
+        "train_state"]["wandb_run_id"] == run_id

@@ -1,0 +1,145 @@
+"""Checkpoints: `accelerator.save_state`/`load_state` plus the trainer's state as JSON, atomic and rotated.
+
+Layout: `{run_dir}/checkpoints/{name}/` with accelerate's files (model.safetensors, optimizer.bin, scaler.pt,
+random_states_{rank}.pkl) and `train_state.json` (epoch/step counters, best PSNR, non-finite count, partial
+epoch sums, W&B run id, and the full resolved config that built the model). Names are `epoch_000012` (end
+of an epoch) or `epoch_000012_step_000345` (taken mid-epoch on SIGTERM/SIGINT), plus `best`.
+
+Every rank writes into `.tmp-{name}`; after a barrier the main process adds train_state.json and renames the
+directory into place, so a killed run never leaves a checkpoint that looks complete but is not. The train
+state is JSON rather than an object registered with `register_for_checkpointing`, because accelerate loads
+registered objects with `weights_only=False` (unpickling arbitrary code); everything loaded here uses
+`weights_only=True` (and safetensors for the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from toolkit.errors import ToolkitError
+from toolkit.fsutil import TMP_PREFIX, atomic_write_text, replace_dir
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+STATE_FILE = "train_state.json"
+_NAME = re.compile(r"^epoch_(\d{6})(?:_step_(\d{6}))?$")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    """Epoch to run next (epochs completed so far)."""
+    step_in_epoch: int = 0
+    """Batches of `epoch` already done (non-zero only in a mid-epoch checkpoint)."""
+    global_step: int = 0
+    """Optimizer steps taken."""
+    best_psnr: float = -math.inf
+    """Best validation PSNR so far."""
+    best_epoch: int = -1
+    """Epoch (1-based count of completed epochs) that reached best_psnr."""
+    nonfinite: int = 0
+    """Steps skipped because the loss was not finite."""
+    epoch_sums: dict = field(default_factory=dict)
+    """Running sums of the current epoch's metrics (to resume mid-epoch)."""
+    wandb_run_id: str = ""
+    """The W&B run this training logs to (a resumed run continues it)."""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["best_psnr"] = None if math.isinf(self.best_psnr) else self.best_psnr
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainState":
+        d = dict(d)
+        d["best_psnr"] = -math.inf if d.get("best_psnr") is None else float(d["best_psnr"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
+    return f"epoch_{epoch:06d}" + (f"_step_{step_in_epoch:06d}" if step_in_epoch else "")
+
+
+def _order(name: str) -> tuple[int, int] | None:
+    m = _NAME.match(name)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete periodic checkpoints, oldest first (temporaries and `best` excluded)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _order(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: _order(p.name))
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, state: TrainState, config: dict,
+                    keep_last: int | None = None) -> Path:
+    """Save model/optimizer/scaler/RNG + train state as `checkpoints/{name}` (all ranks must call this)."""
+    root = Path(run_dir) / CHECKPOINTS
+    final, tmp = root / name, root / f"{TMP_PREFIX}{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        payload = {"train_state": state.to_json(), "config": config}
+        atomic_write_text(tmp / STATE_FILE, json.dumps(payload, indent=2) + "\n")
+        replace_dir(tmp, final)
+        if keep_last is not None:
+            for old in list_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_checkpoint_meta(path: str | Path) -> tuple[TrainState, dict]:
+    """(train state, config dict) stored in a checkpoint; ToolkitError if it is not a complete checkpoint."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise ToolkitError(f"{path}: not a checkpoint (no {STATE_FILE}); checkpoints live in RUN_DIR/{CHECKPOINTS}/")
+    try:
+        payload = json.loads(state_file.read_text())
+        return TrainState.from_json(payload["train_state"]), payload["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ToolkitError(f"{state_file}: unreadable train state ({e})") from None
+
+
+def check_same_model(saved: dict, current: dict, where: str, keys: tuple[str, ...] = ()) -> None:
+    """Raise a clear error when a checkpoint was made with a different model configuration."""
+    diffs = [f"model.{k}: checkpoint {saved['model'].get(k)!r}, now {v!r}"
+             for k, v in current["model"].items() if saved["model"].get(k) != v]
+    for dotted in keys:
+        section, key = dotted.split(".")
+        if saved[section].get(key) != current[section].get(key):
+            diffs.append(f"{dotted}: checkpoint {saved[section].get(key)!r}, now {current[section].get(key)!r}")
+    if diffs:
+        raise ToolkitError(f"{where}: the checkpoint was made with a different model configuration ("
+                           + "; ".join(diffs) + ")")
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | Path) -> TrainState:
+    """Restore model/optimizer/scaler/RNG (weights_only loads) and return the stored train state."""
+    state, _ = read_checkpoint_meta(path)
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    return state
+
+
+def clean_temporaries(run_dir: str | Path) -> None:
+    """Remove `.tmp-*` leftovers of a killed save."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""The evaluation protocol of the reference lab, distributed: every rank scores its share, results are gathered.
+
+For each sequence, the model sees the first n_past frames (and the conditioning of all frames) and predicts the
+next n_future; PSNR (per channel, data range 1, averaged over channels) and SSIM are computed per predicted
+frame. With N samples per sequence, best-of-N keeps the best sample per sequence (by PSNR for PSNR and by SSIM
+for SSIM, as in SVG's evaluation) and mean-of-N averages them. The copy-last-frame baseline repeats the last
+context frame. Per-sequence rows are gathered from all ranks and averaged over the whole set (not the last
+batch); the result lists per-frame curves and their means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from toolkit import metrics
+
+KEYS = ("psnr", "ssim", "psnr_mean", "ssim_mean", "baseline_psnr", "baseline_ssim")
+
+
+@dataclass
+class EvalResult:
+    count: int
+    """Sequences evaluated (over all ranks)."""
+    samples: int
+    """Samples per sequence (best-of-N / mean-of-N)."""
+    per_frame: dict[str, list[float]]
+    """Each metric in KEYS per predicted frame, averaged over sequences."""
+    mean: dict[str, float] = field(default_factory=dict)
+    """Each metric in KEYS averaged over frames and sequences."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{rank}".encode()).digest()[:8], "little") >> 1
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: int, n_future: int,
+             samples: int = 1, seed: int = 0, keep: int = 0) -> tuple[EvalResult, list[tuple]]:
+    """Score `model` (unwrapped SVG) on this rank's loader; returns the gathered result and, on each rank, up
+    to `keep` (key, ground truth [T,C,H,W], best prediction [n_future,C,H,W]) of its first sequences."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=accelerator.device).manual_seed(_rank_seed(seed, accelerator.process_index))
+    rows, kept = [], []
+    for batch in loader:
+        frames = batch.frames.to(accelerator.device, non_blocking=True)
+        cond = batch.cond.to(accelerator.device, non_blocking=True)
+        past, future = frames[:, :n_past], frames[:, n_past:n_past + n_future]
+        with accelerator.autocast():
+            preds = [model.generate(past, cond, n_future, sample=True, generator=generator).float()
+                     for _ in range(samples)]
+        psnr = torch.stack([metrics.psnr(p, future) for p in preds])  # [N, B, T]
+        ssim = torch.stack([metrics.ssim(p, future) for p in preds]).float()
+        best_psnr, best_index = metrics.best_of_n(psnr)
+        best_ssim, _ = metrics.best_of_n(ssim)
+        baseline = metrics.copy_last_frame(past, n_future)
+        values = {"psnr": best_psnr, "ssim": best_ssim, "psnr_mean": psnr.mean(0), "ssim_mean": ssim.mean(0),
+                  "baseline_psnr": metrics.psnr(baseline, future), "baseline_ssim": metrics.ssim(baseline, future)}
+        values = {k: v.float().cpu() for k, v in values.items()}
+        for b, key in enumerate(batch.keys):
+            rows.append({"key": key, **{k: v[b].tolist() for k, v in values.items()}})
+            if len(kept) < keep:
+                best = torch.stack(preds)[best_index[b], b]
+                kept.append((key, frames[b, :n_past + n_future].cpu(), best.cpu()))
+    if was_training:
+        model.train()
+    rows = gather_object(rows) if accelerator.num_processes > 1 else rows
+    keys = [r["key"] for r in rows]
+    if len(set(keys)) != len(keys):
+        raise RuntimeError("evaluation saw a sequence twice: the eval loader is not split correctly by rank")
+    return summarize(rows, samples), kept
+
+
+def summarize(rows: list[dict], samples: int) -> EvalResult:
+    """Average per-sequence rows (each metric a per-frame list) over all sequences."""
+    if not rows:
+        return EvalResult(count=0, samples=samples, per_frame={k: [] for k in KEYS},
+                          mean={k: float("nan") for k in KEYS})
+    per_frame = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(0).tolist() for k in KEYS}
+    mean = {k: float(torch.tensor([r[k] for r in rows], dtype=torch.float64).mean()) for k in KEYS}
+    return EvalResult(count=len(rows), samples=samples, per_frame=per_frame, mean=mean)
+
+
+def broadcast_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Give every rank the main process's BatchNorm running statistics (what the checkpoint holds)."""
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)

@@ -1,0 +1,95 @@
+"""Run logging: the local `metrics.jsonl` (always written, so plots need no W&B) and W&B settings.
+
+W&B itself is driven through accelerate's tracker (`Accelerator(log_with="wandb")`, `init_trackers`,
+`accelerator.log`), which logs from the main process only. `wandb.mode: auto` picks `online` when an API key
+is configured and the W&B host answers, else `offline` (runs are written under RUN_DIR/wandb/ and can be
+uploaded later with `wandb sync`). The run id is kept in RUN_DIR/wandb_run_id so a resumed training continues
+the same W&B run; under a sweep agent the agent's run id (WANDB_RUN_ID) is used.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import socket
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from toolkit.fsutil import atomic_write_text
+
+METRICS = "metrics.jsonl"
+RUN_ID_FILE = "wandb_run_id"
+
+
+def resolve_wandb_mode(mode: str, timeout: float = 2.0) -> str:
+    """`auto` -> online/offline; WANDB_MODE in the environment wins over `auto` (as wandb itself does)."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("online", "offline", "disabled", "dryrun", "run"):
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    if not os.environ.get("WANDB_API_KEY"):
+        try:
+            if netrc.netrc().authenticators(host) is None:
+                return "offline"
+        except (OSError, netrc.NetrcParseError):
+            return "offline"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return "online"
+    except OSError:
+        return "offline"
+
+
+def new_run_id() -> str:
+    return os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
+
+
+def stored_run_id(run_dir: Path) -> str:
+    path = Path(run_dir) / RUN_ID_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def store_run_id(run_dir: Path, run_id: str) -> None:
+    atomic_write_text(Path(run_dir) / RUN_ID_FILE, run_id + "\n")
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of step/epoch/val records, written by the main process only."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool):
+        self.path = Path(run_dir) / METRICS
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+    def truncate(self, global_step: int) -> None:
+        """Drop records logged after `global_step` (a resumed run re-logs them); 0 clears the log."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [r for r in read_metrics(self.path.parent) if global_step > 0 and r.get("step", 0) <= global_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """Records of a run's metrics.jsonl (optionally of one kind: step, epoch, val, final); a torn last line
+    (the writer was killed mid-write) is ignored."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if kind is None or record.get("kind") == kind:
+            records.append(record)
+    return records
