@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -55,3 +58,60 @@ def bair_folders(tmp_path: Path):
     root = tmp_path / "processed_data"
     expected = write_bair_folders(root, {"train": 5, "validate": 3, "test": 2})
     return root, expected
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"width": 0.125, "g_dim": 16, "z_dim": 4, "rnn_size": 32}
+
+
+def tiny_recipe(path: Path, shards: str, run_dir: Path, **sections) -> Path:
+    """A recipe for a tiny model on tiny shards (a few seconds per epoch on a CPU)."""
+    import yaml
+
+    data = {"data": {"shards": shards, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
+            "model": dict(TINY_MODEL),
+            "train": {"run_dir": str(run_dir), "epochs": 3, "epoch_size": 4, "eval_every": 2,
+                      "log_every": 1, "num_gifs": 1, "progress": False},
+            "wandb": {"mode": "disabled"}}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_toolkit(*args: str, **kw) -> subprocess.CompletedProcess:
+    """`python -m toolkit ARGS` from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=600, **kw)
+
+
+def accelerate_launch(*args: str, config: str = "cpu.yaml") -> list[str]:
+    """The command line of `accelerate launch --config_file recipes/accelerate/CONFIG ARGS` on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
+            str(REPO / "recipes" / "accelerate" / config), "--main_process_port", str(port), *args]
+
+
+@pytest.fixture(scope="session")
+def pushing_shards(tmp_path_factory) -> str:
+    """Shards of a tiny pushing-world dataset: 16 train, 4 validate, 5 test sequences, 4 per shard."""
+    from toolkit.data.shards import convert
+    from toolkit.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("pushing")
+    generate_dataset(root / "folders", "pushing", {"train": 16, "validate": 4, "test": 5}, seed=0, progress=False)
+    convert(root / "folders", root / "shards", maxcount=4, progress=False)
+    return str(root / "shards")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, pushing_shards) -> Path:
+    """A finished tiny training run (2 epochs x 3 steps, validated twice); read-only for the tests."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    recipe = tiny_recipe(root / "recipe.yaml", pushing_shards, root / "run",
+                         train={"epochs": 2, "epoch_size": 3, "eval_every": 1})
+    proc = run_toolkit("train", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,48 +15,25 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import REPO, TINY_MODEL, accelerate_launch, run_toolkit, tiny_recipe
 from toolkit.checkpoint import list_checkpoints, read_checkpoint_meta
 from toolkit.config import ModelConfig, load_config
-from toolkit.data.shards import convert
-from toolkit.data.synth import generate_dataset
 from toolkit.model import SVG
 from toolkit.tracking import read_metrics
 from toolkit.train import param_checksum
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"width": 0.125, "g_dim": 16, "z_dim": 4, "rnn_size": 32}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("train")
-    generate_dataset(root / "folders", "pushing", {"train": 16, "validate": 4, "test": 0}, seed=0, progress=False)
-    convert(root / "folders", root / "shards", maxcount=4, progress=False)
-    return str(root / "shards")
+@pytest.fixture
+def shards(pushing_shards) -> str:
+    return pushing_shards
 
 
 def recipe(tmp_path: Path, shards: str, name: str = "recipe.yaml", **sections) -> Path:
-    data = {"data": {"shards": shards, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
-            "model": dict(TINY_MODEL),
-            "train": {"run_dir": str(tmp_path / "run"), "epochs": 3, "epoch_size": 4, "eval_every": 2,
-                      "log_every": 1, "num_gifs": 1, "progress": False},
-            "wandb": {"mode": "disabled"}}
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_recipe(tmp_path / name, shards, tmp_path / "run", **sections)
 
 
-def cvae(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=600, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+cvae = run_toolkit
 
 
 def losses(run_dir: Path) -> list[tuple]:
@@ -69,10 +45,8 @@ def losses(run_dir: Path) -> list[tuple]:
 @pytest.mark.slow
 def test_two_process_ddp_training_keeps_ranks_identical(tmp_path, shards):
     path = recipe(tmp_path, shards, train={"epochs": 2, "epoch_size": 3})
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-           str(REPO / "recipes/accelerate/cpu.yaml"), "--main_process_port", str(free_port()),
-           "-m", "toolkit", "train", str(path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(accelerate_launch("-m", "toolkit", "train", str(path)), capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = read_metrics(tmp_path / "run", "final")[-1]
     assert final["world_size"] == 2 and final["step"] == 6

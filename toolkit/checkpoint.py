@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import TMP_PREFIX, atomic_write_text, replace_dir
@@ -81,9 +85,13 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: _order(p.name))
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, state: TrainState, config: dict,
+def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, state: TrainState, meta: dict,
                     keep_last: int | None = None) -> Path:
-    """Save model/optimizer/scaler/RNG + train state as `checkpoints/{name}` (all ranks must call this)."""
+    """Save model/optimizer/scaler/RNG + train state as `checkpoints/{name}` (all ranks must call this).
+
+    `meta` holds what rebuilds the model without the run: {"config": resolved config dict, "model_args":
+    {"cond_dim", "n_past", "channels"}}.
+    """
     root = Path(run_dir) / CHECKPOINTS
     final, tmp = root / name, root / f"{TMP_PREFIX}{name}"
     if accelerator.is_main_process:
@@ -93,7 +101,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, st
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        payload = {"train_state": state.to_json(), "config": config}
+        payload = {"train_state": state.to_json(), **meta}
         atomic_write_text(tmp / STATE_FILE, json.dumps(payload, indent=2) + "\n")
         replace_dir(tmp, final)
         if keep_last is not None:
@@ -104,26 +112,25 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, st
 
 
 def read_checkpoint_meta(path: str | Path) -> tuple[TrainState, dict]:
-    """(train state, config dict) stored in a checkpoint; ToolkitError if it is not a complete checkpoint."""
+    """(train state, meta {"config", "model_args"}) of a checkpoint; ToolkitError if it is not a checkpoint."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise ToolkitError(f"{path}: not a checkpoint (no {STATE_FILE}); checkpoints live in RUN_DIR/{CHECKPOINTS}/")
     try:
         payload = json.loads(state_file.read_text())
-        return TrainState.from_json(payload["train_state"]), payload["config"]
+        meta = {"config": payload["config"], "model_args": payload["model_args"]}
+        return TrainState.from_json(payload["train_state"]), meta
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ToolkitError(f"{state_file}: unreadable train state ({e})") from None
 
 
-def check_same_model(saved: dict, current: dict, where: str, keys: tuple[str, ...] = ()) -> None:
-    """Raise a clear error when a checkpoint was made with a different model configuration."""
-    diffs = [f"model.{k}: checkpoint {saved['model'].get(k)!r}, now {v!r}"
-             for k, v in current["model"].items() if saved["model"].get(k) != v]
-    for dotted in keys:
-        section, key = dotted.split(".")
-        if saved[section].get(key) != current[section].get(key):
-            diffs.append(f"{dotted}: checkpoint {saved[section].get(key)!r}, now {current[section].get(key)!r}")
+def check_same_model(saved: dict, current: dict, where: str) -> None:
+    """Raise a clear error when checkpoint meta `saved` describes another model than `current`."""
+    diffs = [f"model.{k}: checkpoint {saved['config']['model'].get(k)!r}, now {v!r}"
+             for k, v in current["config"]["model"].items() if saved["config"]["model"].get(k) != v]
+    diffs += [f"{k}: checkpoint {saved['model_args'].get(k)!r}, now {v!r}"
+              for k, v in current["model_args"].items() if saved["model_args"].get(k) != v]
     if diffs:
         raise ToolkitError(f"{where}: the checkpoint was made with a different model configuration ("
                            + "; ".join(diffs) + ")")
@@ -132,8 +139,37 @@ def check_same_model(saved: dict, current: dict, where: str, keys: tuple[str, ..
 def load_checkpoint(accelerator: Accelerator, path: str | Path) -> TrainState:
     """Restore model/optimizer/scaler/RNG (weights_only loads) and return the stored train state."""
     state, _ = read_checkpoint_meta(path)
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    except pickle.UnpicklingError as e:
+        raise ToolkitError(f"{path}: refusing to load a file that is not weights-only ({e})") from None
     return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(SVG in eval mode, Config, meta) rebuilt from a checkpoint's own config; weights from safetensors only."""
+    from toolkit.config import from_dict
+    from toolkit.model import SVG
+
+    path = Path(path)
+    _, meta = read_checkpoint_meta(path)
+    cfg = from_dict(meta["config"], where=str(path / STATE_FILE))
+    model = SVG(cfg.model, **meta["model_args"])
+    weights_file = path / "model.safetensors"
+    try:
+        weights = load_file(weights_file, device="cpu")
+    except (OSError, SafetensorError) as e:
+        raise ToolkitError(f"{weights_file}: cannot read the model weights ({e})") from None
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in expected]
+    problems += [f"{k} is {tuple(weights[k].shape)}, the model has {tuple(v.shape)}"
+                 for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    if problems:
+        raise ToolkitError(f"{weights_file} does not fit the model its {STATE_FILE} describes (a different model "
+                           f"configuration?): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
+    model.load_state_dict(weights)
+    return model.to(device).eval(), cfg, meta
 
 
 def clean_temporaries(run_dir: str | Path) -> None:

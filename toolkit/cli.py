@@ -39,6 +39,35 @@ def _train(args: argparse.Namespace) -> None:
     train(load_config(args.recipe, args.overrides))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from toolkit.eval_cmd import eval_checkpoint
+
+    eval_checkpoint(args.checkpoint, args.shards, args.split, samples=args.samples, n_future=args.n_future,
+                    batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit, seed=args.seed,
+                    out=args.json)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from toolkit.predict import predict
+
+    predict(args.checkpoint, args.input, args.out, samples=args.samples, n_future=args.n_future, key=args.key,
+            seed=args.seed, fps=args.fps, strip=args.strip)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from toolkit.plots import plot
+
+    plot(args.paths, args.out)
+
+
+def _sweep_local(args: argparse.Namespace) -> None:
+    from toolkit.sweep import local_sweep
+
+    extra = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
+    local_sweep(args.sweep, args.out, max_runs=args.max_runs, accelerate_config=args.accelerate_config,
+                extra=extra, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvae", description="Stochastic video prediction with a conditional VAE (SVG).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,6 +105,48 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(e.g. --train.epochs=10 --model.prior=learned), as a W&B sweep agent passes them.")
     t.add_argument("recipe", help="training recipe, e.g. recipes/train/demo.yaml")
     t.set_defaults(func=_train, accepts_overrides=True)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a split (PSNR/SSIM per frame, best-of-N, baseline)",
+                       description="Works alone or under `accelerate launch -m toolkit eval ...` (ranks share the split).")
+    e.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/best")
+    e.add_argument("--shards", required=True, help="shard directory or URL (with manifest.json)")
+    e.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    e.add_argument("--samples", type=int, default=1, help="samples per sequence for best-of-N / mean-of-N")
+    e.add_argument("--n-future", type=int, help="frames to predict (default: the training n_future)")
+    e.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
+    e.add_argument("--num-workers", type=int, default=1, help="loader workers per process")
+    e.add_argument("--limit", type=int, default=0, help="evaluate the first N sequences only (0: all)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampled latents")
+    e.add_argument("--json", help="report path (default: RUN_DIR/eval/CHECKPOINT-SPLIT-nN.json)")
+    e.set_defaults(func=_eval)
+
+    pr = sub.add_parser("predict", help="predict one sequence: GIF/MP4 + strip (ground truth | prediction | samples)")
+    pr.add_argument("checkpoint", help="checkpoint directory")
+    pr.add_argument("--input", required=True, help="a sequence folder (BAIR layout) or a shard .tar")
+    pr.add_argument("--out", required=True, help="output video, .gif or .mp4")
+    pr.add_argument("--strip", help="output strip PNG (default: --out with .png)")
+    pr.add_argument("--samples", type=int, default=3, help="random samples shown beside the prediction")
+    pr.add_argument("--n-future", type=int, help="frames to predict (default: the training n_future)")
+    pr.add_argument("--key", help="sequence key inside a shard (default: the first)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the sampled latents")
+    pr.add_argument("--fps", type=float, default=4.0, help="frames per second of the video")
+    pr.set_defaults(func=_predict)
+
+    pl = sub.add_parser("plot", help="training curves and PSNR per frame from run directories (no W&B needed)")
+    pl.add_argument("paths", nargs="+", help="run directories (with metrics.jsonl) and/or eval report .json files")
+    pl.add_argument("--out", help="output directory (default: the first run directory)")
+    pl.set_defaults(func=_plot)
+
+    sw = sub.add_parser("sweep", help="W&B sweeps without a server").add_subparsers(dest="sweep_command", required=True)
+    sl = sw.add_parser("local", help="run a sweep YAML's configurations one after another and tabulate them",
+                       description="Extra --section.key=value overrides (e.g. fewer epochs) go after `--`.")
+    sl.add_argument("sweep", help="sweep YAML, e.g. recipes/sweeps/demo_kl_tf_grid.yaml")
+    sl.add_argument("--out", default="runs/sweep", help="directory for the runs and the results table")
+    sl.add_argument("--max-runs", type=int, help="at most N configurations (random/bayes: N draws, default 10)")
+    sl.add_argument("--accelerate-config", help="accelerate config for every run (default: cpu.yaml, or "
+                                                 "gpu1_bf16.yaml with a GPU)")
+    sl.add_argument("--seed", type=int, default=0, help="seed for random/bayes draws")
+    sl.set_defaults(func=_sweep_local, accepts_overrides=True)
     return p
 
 

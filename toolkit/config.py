@@ -135,6 +135,8 @@ class TrainConfig:
     """Validation sequences rendered as prediction GIFs at each validation."""
     progress: bool = True
     """Show a progress bar on the main process."""
+    channels_last: bool = True
+    """Keep convolution weights in channels-last memory format (faster convolutions on CPU and tensor cores)."""
 
 
 @dataclass

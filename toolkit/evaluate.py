@@ -32,6 +32,8 @@ class EvalResult:
     """Each metric in KEYS per predicted frame, averaged over sequences."""
     mean: dict[str, float] = field(default_factory=dict)
     """Each metric in KEYS averaged over frames and sequences."""
+    keys: list[str] = field(default_factory=list)
+    """The sequences evaluated, sorted."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -58,13 +60,13 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
             preds = [model.generate(past, cond, n_future, sample=True, generator=generator).float()
                      for _ in range(samples)]
         psnr = torch.stack([metrics.psnr(p, future) for p in preds])  # [N, B, T]
-        ssim = torch.stack([metrics.ssim(p, future) for p in preds]).float()
+        ssim = torch.stack([metrics.ssim(p, future) for p in preds])
         best_psnr, best_index = metrics.best_of_n(psnr)
         best_ssim, _ = metrics.best_of_n(ssim)
         baseline = metrics.copy_last_frame(past, n_future)
         values = {"psnr": best_psnr, "ssim": best_ssim, "psnr_mean": psnr.mean(0), "ssim_mean": ssim.mean(0),
                   "baseline_psnr": metrics.psnr(baseline, future), "baseline_ssim": metrics.ssim(baseline, future)}
-        values = {k: v.float().cpu() for k, v in values.items()}
+        values = {k: v.double().cpu() for k, v in values.items()}
         for b, key in enumerate(batch.keys):
             rows.append({"key": key, **{k: v[b].tolist() for k, v in values.items()}})
             if len(kept) < keep:
@@ -80,13 +82,15 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
 
 
 def summarize(rows: list[dict], samples: int) -> EvalResult:
-    """Average per-sequence rows (each metric a per-frame list) over all sequences."""
+    """Average per-sequence rows (each metric a per-frame list) over all sequences, in key order (so the sums,
+    and the result, do not depend on how the sequences were split across ranks)."""
     if not rows:
         return EvalResult(count=0, samples=samples, per_frame={k: [] for k in KEYS},
                           mean={k: float("nan") for k in KEYS})
+    rows = sorted(rows, key=lambda r: r["key"])
     per_frame = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(0).tolist() for k in KEYS}
     mean = {k: float(torch.tensor([r[k] for r in rows], dtype=torch.float64).mean()) for k in KEYS}
-    return EvalResult(count=len(rows), samples=samples, per_frame=per_frame, mean=mean)
+    return EvalResult(count=len(rows), samples=samples, per_frame=per_frame, mean=mean, keys=[r["key"] for r in rows])
 
 
 def broadcast_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:

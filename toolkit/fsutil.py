@@ -18,10 +18,13 @@ TMP_PREFIX = ".tmp-"
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`, else delete it."""
+    """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`, else delete it.
+
+    The temporary name keeps `path`'s extension, for writers that pick the format from it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -31,7 +31,7 @@ from toolkit.evaluate import EvalResult, broadcast_buffers, evaluate
 from toolkit.fsutil import atomic_write_text
 from toolkit.model import SVG
 from toolkit.schedules import schedule_values
-from toolkit.tracking import MetricsLog, new_run_id, resolve_wandb_mode, store_run_id, stored_run_id
+from toolkit.tracking import MetricsLog, new_run_id, read_metrics, resolve_wandb_mode, store_run_id, stored_run_id
 from toolkit.video import compose, save_gif, with_context
 
 SUMS = ("loss", "mse", "kld", "n")
@@ -83,7 +83,7 @@ def validate(cfg: Config, accelerator: Accelerator, model: SVG, manifest, run_di
     broadcast_buffers(model, accelerator)
     keep = cfg.train.num_gifs if accelerator.is_main_process else 0
     result, kept = evaluate(model, loader, accelerator, d.n_past, d.n_future, seed=cfg.train.seed, keep=keep)
-    record = {"kind": "val", "epoch": epoch, "step": step, "count": result.count, **result.mean,
+    record = {"kind": "val", "epoch": epoch, "step": step, "count": result.count, "n_past": d.n_past, **result.mean,
               "psnr_per_frame": result.per_frame["psnr"], "ssim_per_frame": result.per_frame["ssim"],
               "baseline_psnr_per_frame": result.per_frame["baseline_psnr"]}
     log.write(record)
@@ -116,15 +116,20 @@ def train(cfg: Config) -> dict:
     d, config = cfg.data, to_dict(cfg)
     manifest = read_manifest(d.shards)
     window = d.n_past + d.n_future
+    model_args = {"cond_dim": manifest.cond_dim if d.use_cond else 0, "n_past": d.n_past, "channels": 3}
+    meta = {"config": config, "model_args": model_args}
     set_seed(cfg.train.seed)
-    model = SVG(cfg.model, cond_dim=manifest.cond_dim if d.use_cond else 0, n_past=d.n_past)
+    model = SVG(cfg.model, **model_args)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                  weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     set_seed(cfg.train.seed, device_specific=True)  # distinct noise per rank; identical weights from above
     state = ckpt.TrainState()
     if resume is not None:
-        ckpt.check_same_model(ckpt.read_checkpoint_meta(resume)[1], config, str(resume), ("data.use_cond",))
+        saved = ckpt.read_checkpoint_meta(resume)[1]
+        ckpt.check_same_model(saved, meta, str(resume))
         state = ckpt.load_checkpoint(accelerator, resume)
     log = MetricsLog(run_dir, main)
     if main:
@@ -208,9 +213,10 @@ def train(cfg: Config) -> dict:
                     stopped = True
                     break
             bar.close()
+            del batches  # shuts the epoch's (endless) loader workers down before validating or saving
             if stopped and i + 1 < cfg.train.epoch_size:
                 state.step_in_epoch, state.epoch_sums = i + 1, sums
-                path = ckpt.save_checkpoint(accelerator, run_dir, ckpt.checkpoint_name(epoch, i + 1), state, config,
+                path = ckpt.save_checkpoint(accelerator, run_dir, ckpt.checkpoint_name(epoch, i + 1), state, meta,
                                             cfg.train.keep_last)
                 if main:
                     print(f"stopped by a signal in epoch {epoch + 1} after batch {i + 1}: saved {path}; continue "
@@ -231,9 +237,9 @@ def train(cfg: Config) -> dict:
                 result = validate(cfg, accelerator, unwrapped, manifest, run_dir, epoch, log, state.global_step)
                 if result.mean["psnr"] > state.best_psnr:
                     state.best_psnr, state.best_epoch = result.mean["psnr"], state.epoch
-                    ckpt.save_checkpoint(accelerator, run_dir, ckpt.BEST, state, config)
+                    ckpt.save_checkpoint(accelerator, run_dir, ckpt.BEST, state, meta)
             if state.epoch % cfg.train.checkpoint_every == 0 or last_epoch or stopped:
-                ckpt.save_checkpoint(accelerator, run_dir, ckpt.checkpoint_name(state.epoch), state, config,
+                ckpt.save_checkpoint(accelerator, run_dir, ckpt.checkpoint_name(state.epoch), state, meta,
                                      cfg.train.keep_last)
     finally:
         stop.restore()
@@ -242,14 +248,17 @@ def train(cfg: Config) -> dict:
                "stopped": stopped, "best_psnr": None if math.isinf(state.best_psnr) else state.best_psnr,
                "best_epoch": state.best_epoch, "param_checksums": checksums, "nonfinite": state.nonfinite,
                "run_dir": str(run_dir)}
-    if result is not None:
-        summary.update(val_psnr=result.mean["psnr"], baseline_psnr=result.mean["baseline_psnr"],
-                       val_ssim=result.mean["ssim"], baseline_ssim=result.mean["baseline_ssim"], val_count=result.count)
+    last_val = result.mean | {"count": result.count} if result is not None else None
+    if last_val is None and main and not stopped:  # nothing left to train: report the run's last validation
+        last_val = next(iter(read_metrics(run_dir, "val")[::-1]), None)
+    if last_val is not None:
+        summary.update(val_psnr=last_val["psnr"], baseline_psnr=last_val["baseline_psnr"], val_ssim=last_val["ssim"],
+                       baseline_ssim=last_val["baseline_ssim"], val_count=last_val["count"])
         if main:
-            print(f"final validation PSNR {result.mean['psnr']:.2f} dB vs copy-last-frame baseline "
-                  f"{result.mean['baseline_psnr']:.2f} dB (SSIM {result.mean['ssim']:.3f} vs "
-                  f"{result.mean['baseline_ssim']:.3f}) on {result.count} sequences; best {state.best_psnr:.2f} dB "
-                  f"after epoch {state.best_epoch}; run dir {run_dir}")
+            print(f"final validation PSNR {last_val['psnr']:.2f} dB vs copy-last-frame baseline "
+                  f"{last_val['baseline_psnr']:.2f} dB (SSIM {last_val['ssim']:.3f} vs {last_val['baseline_ssim']:.3f}) "
+                  f"on {last_val['count']} sequences after {state.epoch} epoch(s); best {state.best_psnr:.2f} dB after "
+                  f"epoch {state.best_epoch}; run dir {run_dir}")
     log.write(summary)
     accelerator.end_training()
     return summary

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
 import random
 import signal
 import warnings
@@ -108,9 +109,20 @@ def _worker_init(worker_id: int) -> None:
 
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
     """A WebLoader whose DataLoader draws its (unused) base seed from a private generator, not the global RNG,
-    so creating a loader never shifts the training randomness (exact resume)."""
+    so creating a loader never shifts the training randomness (exact resume).
+
+    Workers start from a forkserver where available: forking the trainer itself (which runs gloo/NCCL, tqdm and
+    loader feeder threads) can deadlock the child on a lock held by another thread at fork time, which hung a
+    2-rank run here once. The forkserver is single-threaded and preloads this module, so a worker still starts
+    in about 0.1 s (the first one per process in ~2 s). As with `spawn`, a script that starts training must
+    guard its entry point with `if __name__ == "__main__":`.
+    """
+    kwargs = {}
+    if num_workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_forkserver_preload(["toolkit.data.loader"])
+        kwargs["multiprocessing_context"] = "forkserver"
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
-                         generator=torch.Generator().manual_seed(0))
+                         generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 def _to_float(batch: Batch) -> Batch:

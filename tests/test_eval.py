@@ -1,0 +1,139 @@
+"""`cvae eval`: numbers equal a direct computation, 2 ranks see every sequence once, safe and clear loading."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import REPO, accelerate_launch, run_toolkit, tiny_recipe
+from toolkit.checkpoint import load_model
+from toolkit.config import ModelConfig
+from toolkit.data.manifest import read_manifest
+from toolkit.eval_cmd import eval_checkpoint
+from toolkit.evaluate import _rank_seed
+from toolkit.model import SVG
+
+
+def split_in_manifest_order(shards: str, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(keys, frames [N,T,3,64,64] in [0,1], cond [N,T,7]) read straight from the tars, not via the loader."""
+    keys, frames, cond = [], [], []
+    for url in read_manifest(shards).urls(split):
+        with tarfile.open(url) as tar:
+            entries = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        for name in sorted(n for n in entries if n.endswith(".frames.png")):
+            key = name.split(".")[0]
+            from PIL import Image
+            strip = np.asarray(Image.open(io.BytesIO(entries[name])))
+            keys.append(key)
+            frames.append(torch.from_numpy(strip.reshape(30, 64, 64, 3).copy()).permute(0, 3, 1, 2).float() / 255)
+            cond.append(torch.from_numpy(np.load(io.BytesIO(entries[f"{key}.cond.npy"]))))
+    return keys, torch.stack(frames), torch.stack(cond)
+
+
+def numpy_psnr(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The lab's finn_psnr per channel, averaged over channels: [N, T, C, H, W] -> [N, T]."""
+    mse = ((pred.astype(np.float64) - target.astype(np.float64)) ** 2).mean(axis=(3, 4))
+    return (20 * np.log10(1.0) - 10 * np.log10(mse)).mean(axis=2)
+
+
+def test_eval_numbers_equal_a_direct_computation(tiny_run, pushing_shards, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "best"
+    report = eval_checkpoint(ckpt, pushing_shards, "test", samples=3, batch_size=64, seed=7, out=tmp_path / "r.json",
+                             quiet=True)
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    keys, frames, cond = split_in_manifest_order(pushing_shards, "test")
+    assert report["keys"] == sorted(keys) and report["count"] == 5 and report["samples"] == 3
+    model, _, _ = load_model(ckpt)
+    model = model.to(memory_format=torch.channels_last)  # as eval_checkpoint does (train.channels_last)
+    generator = torch.Generator().manual_seed(_rank_seed(7, 0))  # one batch holds the whole split
+    past, future = frames[:, :2], frames[:, 2:12]
+    preds = [model.generate(past, cond[:, :12], 10, generator=generator).numpy() for _ in range(3)]
+    psnr = np.stack([numpy_psnr(p, future.numpy()) for p in preds])  # [3, N, T]
+    best = psnr[psnr.mean(axis=2).argmax(axis=0), np.arange(5)]
+    baseline = numpy_psnr(np.repeat(past[:, 1:2].numpy(), 10, axis=1), future.numpy())
+    order = np.argsort(keys)
+    np.testing.assert_allclose(report["per_frame"]["psnr"], best[order].mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(report["per_frame"]["psnr_mean"], psnr.mean(axis=0).mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(report["per_frame"]["baseline_psnr"], baseline.mean(axis=0), rtol=1e-10)
+    assert report["mean"]["psnr"] == pytest.approx(best.mean(), rel=1e-10)
+    assert report["mean"]["psnr"] >= report["mean"]["psnr_mean"]  # best-of-N can only be better
+
+
+@pytest.mark.slow
+def test_two_rank_eval_covers_each_sequence_exactly_once(tiny_run, pushing_shards, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "best"
+    cmd = accelerate_launch("-m", "toolkit", "eval", str(ckpt), "--shards", pushing_shards, "--split", "test",
+                            "--batch-size", "2", "--json", str(tmp_path / "two.json"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = eval_checkpoint(ckpt, pushing_shards, "test", batch_size=2, out=tmp_path / "one.json", quiet=True)
+    keys, _, _ = split_in_manifest_order(pushing_shards, "test")
+    assert two["world_size"] == 2 and two["count"] == 5 and two["keys"] == sorted(keys)
+    assert two["per_frame"]["baseline_psnr"] == one["per_frame"]["baseline_psnr"]  # same sequences, same sums
+    assert "best-of-1 PSNR" in proc.stdout and proc.stdout.count("frames 3..12") == 1  # the table, printed once
+
+
+def test_eval_table_and_default_report_path(tiny_run, pushing_shards):
+    proc = run_toolkit("eval", str(tiny_run / "checkpoints" / "best"), "--shards", pushing_shards, "--split",
+                       "validate", "--samples", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tiny_run / "eval" / "best-validate-n2.json"
+    assert path.is_file() and f"wrote {path}" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert "best-of-2 PSNR" in lines[1] and "copy-last SSIM" in lines[1]
+    assert [line.split()[0] for line in lines[2:13]] == [str(f) for f in range(3, 13)] + ["mean"]
+    path.unlink()
+
+
+def test_checkpoint_from_a_different_model_is_a_clear_error(tiny_run, pushing_shards, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_run / "checkpoints" / "best", ckpt)
+    other = SVG(ModelConfig(width=0.125, g_dim=16, z_dim=8, rnn_size=32), cond_dim=7, n_past=2)
+    save_file(other.state_dict(), ckpt / "model.safetensors")
+    proc = run_toolkit("eval", str(ckpt), "--shards", pushing_shards, "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "model.safetensors does not fit the model its train_state.json describes" in proc.stderr
+    assert "posterior.mu_net.weight is (8, 32), the model has (4, 32)" in proc.stderr
+    proc = run_toolkit("eval", str(tmp_path), "--shards", pushing_shards)
+    assert proc.returncode == 2 and "not a checkpoint (no train_state.json)" in proc.stderr
+
+
+def test_conditional_checkpoint_on_unconditional_shards_is_refused(tiny_run, tmp_path):
+    from toolkit.data.shards import convert
+    from toolkit.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "digits", "shapes", {"train": 1, "validate": 0, "test": 2}, progress=False)
+    convert(tmp_path / "digits", tmp_path / "shards", progress=False)
+    proc = run_toolkit("eval", str(tiny_run / "checkpoints" / "best"), "--shards", str(tmp_path / "shards"))
+    assert proc.returncode == 2 and "conditions on 7 values per frame" in proc.stderr and "cond dim 0" in proc.stderr
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/cvae-exploit-marker"),))
+
+
+def test_resume_never_unpickles_code(tiny_run, pushing_shards, tmp_path):
+    marker = Path("/tmp/cvae-exploit-marker")
+    marker.unlink(missing_ok=True)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    newest = sorted((run / "checkpoints").glob("epoch_*"))[-1]
+    with open(newest / "optimizer.bin", "wb") as f:
+        pickle.dump({"state": _Exploit()}, f)
+    recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, run, train={"epochs": 3, "epoch_size": 3,
+                                                                          "eval_every": 1, "resume": "auto"})
+    proc = run_toolkit("train", str(recipe))
+    assert proc.returncode == 2 and "refusing to load a file that is not weights-only" in proc.stderr, proc.stderr
+    assert not marker.exists()

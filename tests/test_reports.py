@@ -1,0 +1,110 @@
+"""`cvae predict` videos and strips, `cvae plot` figures, `cvae sweep local` tables and the sweep YAMLs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, run_toolkit, tiny_recipe
+from toolkit.config import load_config
+from toolkit.data.manifest import read_manifest
+from toolkit.sweep import agent_args, configurations, load_sweep, recipe_and_args
+from toolkit.tracking import read_metrics
+
+SWEEPS = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
+
+
+def test_predict_writes_a_gif_with_the_right_frame_count_and_a_strip(tiny_run, pushing_shards, tmp_path):
+    shard = read_manifest(pushing_shards).urls("test")[0]
+    proc = run_toolkit("predict", str(tiny_run / "checkpoints" / "best"), "--input", shard, "--out",
+                       str(tmp_path / "p.gif"), "--samples", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(tmp_path / "p.gif") as gif:
+        assert gif.n_frames == 12  # 2 context + 10 predicted
+        assert gif.size == (4 * 68, 68)  # ground truth | prediction | 2 samples, 64 px + 2 px borders
+    with Image.open(tmp_path / "p.png") as strip:
+        assert strip.size == (12 * 68, 4 * 68)  # time left to right, one row per panel
+
+
+def test_predict_from_a_sequence_folder_with_more_frames_and_mp4(tiny_run, pushing_shards, tmp_path):
+    folder = Path(pushing_shards).parent / "folders" / "test" / "traj_0_to_255" / "0"
+    proc = run_toolkit("predict", str(tiny_run / "checkpoints" / "best"), "--input", str(folder), "--out",
+                       str(tmp_path / "p.gif"), "--samples", "0", "--n-future", "28")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(tmp_path / "p.gif") as gif:
+        assert gif.n_frames == 30
+    imageio = pytest.importorskip("imageio.v3")
+    proc = run_toolkit("predict", str(tiny_run / "checkpoints" / "best"), "--input", str(folder), "--out",
+                       str(tmp_path / "p.mp4"), "--samples", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert imageio.imread(tmp_path / "p.mp4", plugin="FFMPEG", index=None).shape[0] == 12
+    proc = run_toolkit("predict", str(tiny_run / "checkpoints" / "best"), "--input", str(folder), "--out",
+                       str(tmp_path / "p.gif"), "--n-future", "29")
+    assert proc.returncode == 2 and "30 frames, the model needs 2 + 29" in proc.stderr
+
+
+def test_plot_writes_training_curves_and_per_frame_psnr(tiny_run, pushing_shards, tmp_path):
+    run_toolkit("eval", str(tiny_run / "checkpoints" / "best"), "--shards", pushing_shards, "--json",
+                str(tmp_path / "report.json"))
+    proc = run_toolkit("plot", str(tiny_run), str(tmp_path / "report.json"), "--out", str(tmp_path / "plots"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("training_curves.png", "psnr_per_frame.png"):
+        path = tmp_path / "plots" / name
+        with Image.open(path) as img:
+            assert path.stat().st_size > 10_000 and img.size[0] > 500 and img.size[1] > 300
+    proc = run_toolkit("plot", str(tmp_path / "nothing-here"))
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_sweep_parameters_are_config_keys_and_agent_commands_parse(path):
+    sweep = load_sweep(path)  # rejects unknown keys with a suggestion
+    recipe, fixed = recipe_and_args(sweep, path)
+    assert (REPO / recipe).is_file()
+    assert sweep["command"][-1] == "${args}" and any("{run_id}" in c for c in sweep["command"])
+    assert sweep["metric"]["name"] == "val/psnr"  # what the trainer logs
+    for config in configurations(sweep, max_runs=8, seed=1):
+        cfg = load_config(REPO / recipe, fixed + agent_args(config))
+        for key, value in config.items():
+            section, name = key.split(".")
+            assert getattr(getattr(cfg, section), name) == value
+
+
+def test_sweep_with_an_unknown_parameter_is_rejected(tmp_path):
+    sweep = yaml.safe_load(SWEEPS[0].read_text())
+    sweep["parameters"]["schedule.kl_aneal"] = {"values": ["cyclical"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    proc = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"))
+    assert proc.returncode == 2 and "did you mean 'schedule.kl_anneal'?" in proc.stderr
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path):
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", pushing_shards, tmp_path / "unused",
+                         train={"epochs": 2, "epoch_size": 2, "eval_every": 1})
+    sweep = {"method": "grid", "metric": {"name": "val/psnr", "goal": "maximize"},
+             "parameters": {"schedule.kl_anneal": {"values": ["cyclical", "monotonic"]},
+                            "schedule.tfr": {"value": 0.5}},
+             "command": ["accelerate", "launch", "-m", "toolkit", "train", str(recipe), "--data.batch_size=3",
+                         "${args}"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    proc = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--",
+                       "--train.epoch_size=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert [r["schedule.kl_anneal"] for r in rows] == ["cyclical", "monotonic"]
+    for row in rows:
+        run = Path(tmp_path / "out" / row["run"])
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert cfg["schedule"]["kl_anneal"] == row["schedule.kl_anneal"] and cfg["schedule"]["tfr"] == 0.5
+        assert cfg["data"]["batch_size"] == 3 and cfg["train"]["epoch_size"] == 3  # fixed args and extras
+        assert float(row["best_psnr"]) == max(r["psnr"] for r in read_metrics(run, "val")) and row["status"] == "done"
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.count("\n") == 4 and "best val PSNR" in table
+    assert (tmp_path / "out" / "training_curves.png").stat().st_size > 10_000
+    again = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
+    assert again.returncode == 0 and "[1]" not in again.stdout  # finished runs are not run again
