@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 from toolkit.data.folders import list_sequence_dirs
 from toolkit.data.loader import eval_loader, train_loader
@@ -36,6 +35,8 @@ class ReferenceFolderDataset(Dataset):
     """The lab's bair_robot_pushing_dataset access pattern: PIL per frame + ToTensor, csv module per file."""
 
     def __init__(self, split_dir: Path, seq_len: int = 30):
+        from torchvision import transforms  # imported here, not at module level: see the note in main()
+
         self.dirs = [str(d) for d in list_sequence_dirs(split_dir)]
         self.seq_len = seq_len
         self.transform = transforms.ToTensor()
@@ -76,6 +77,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workdir", default="/tmp/cvae-loader-bench")
     args = p.parse_args()
+    # The shard loader starts its workers from a forkserver, and each worker re-imports this __main__ module
+    # (CPython 3.11's forkserver never preloads __main__), so heavy module-level imports here (torchvision: 1.3 s)
+    # would be paid at every loader start. `cvae`'s own entry point is light in the same way.
     torch.set_num_threads(1)
     work = Path(args.workdir)
     folders = work / f"folders-{args.sequences}"

@@ -67,17 +67,24 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
-def test_resume_after_kill_9_logs_the_same_losses(tmp_path, shards):
-    path = recipe(tmp_path, shards, train={"epochs": 4, "epoch_size": 6, "eval_every": 2})
+def interrupted_run(tmp_path: Path, path: Path, until, sig: int) -> tuple[Path, subprocess.Popen, str, str]:
+    """Train `path` uninterrupted into tmp_path/a, then again into tmp_path/b and send `sig` once `until(b)`."""
     reference = cvae("train", str(path), "--train.run_dir=" + str(tmp_path / "a"))
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "b"
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(path), "--train.run_dir=" + str(run)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: until(run), proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    return run, proc, out, err
+
+
+def test_resume_after_kill_9_logs_the_same_losses(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 4, "epoch_size": 6, "eval_every": 2})
     # Kill during the third epoch: after the epoch_000002 checkpoint, with some of epoch 3 already logged.
-    _wait_for(lambda: any(r["kind"] == "step" and r["epoch"] == 2 for r in read_metrics(run)), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run, _, _, _ = interrupted_run(tmp_path, path, lambda run: any(
+        r["kind"] == "step" and r["epoch"] == 2 for r in read_metrics(run)), signal.SIGKILL)
     assert [p.name for p in list_checkpoints(run)][-1] == "epoch_000002"
     resumed = cvae("train", str(path), "--train.run_dir=" + str(run), "--train.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -88,14 +95,8 @@ def test_resume_after_kill_9_logs_the_same_losses(tmp_path, shards):
 
 def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path, shards):
     path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 40, "eval_every": 1})
-    reference = cvae("train", str(path), "--train.run_dir=" + str(tmp_path / "a"))
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    run = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(path), "--train.run_dir=" + str(run)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: len(read_metrics(run, "step")) >= 5, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
+    run, proc, out, err = interrupted_run(tmp_path, path, lambda run: len(read_metrics(run, "step")) >= 5,
+                                         signal.SIGTERM)
     assert proc.returncode == 0, err[-3000:]
     assert "stopped by a signal" in out
     saved = list_checkpoints(run)
@@ -131,7 +132,8 @@ def test_a_run_is_not_overwritten_and_other_model_configs_are_refused(tmp_path, 
     path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 2})
     assert cvae("train", str(path)).returncode == 0
     again = cvae("train", str(path))
-    assert again.returncode == 2 and "already holds checkpoints" in again.stderr and "--train.resume=auto" in again.stderr
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    assert "--train.resume=auto" in again.stderr
     other = cvae("train", str(path), "--train.resume=auto", "--model.z_dim=8", "--train.epochs=2")
     assert other.returncode == 2 and "different model configuration" in other.stderr
     assert "model.z_dim: checkpoint 4, now 8" in other.stderr

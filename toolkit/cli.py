@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("shards", help="WebDataset shards: convert sources, verify shards").add_subparsers(
         dest="shards_command", required=True)
     c = sh.add_parser("convert", help="pack BAIR folders or TFRecords into WebDataset tar shards + manifest")
-    c.add_argument("src", help="source root: processed_data folders ({split}/traj_*/{k}/) or TFRecords ({split}/*.tfrecords)")
+    c.add_argument("src", help="source root: processed_data folders ({split}/traj_*/{k}/) or TFRecords "
+                               "({split}/*.tfrecords)")
     c.add_argument("out", help="output directory for {split}-NNNNNN.tar and manifest.json")
     c.add_argument("--format", choices=["folders", "tfrecord"], default="folders", help="source format")
     c.add_argument("--maxcount", type=int, default=256, help="sequences per shard")
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train, accepts_overrides=True)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a split (PSNR/SSIM per frame, best-of-N, baseline)",
-                       description="Works alone or under `accelerate launch -m toolkit eval ...` (ranks share the split).")
+                       description="Works alone or under `accelerate launch -m toolkit eval ...` (ranks share the "
+                                   "split).")
     e.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/best")
     e.add_argument("--shards", required=True, help="shard directory or URL (with manifest.json)")
     e.add_argument("--split", default="test", help="split to evaluate (default: test)")

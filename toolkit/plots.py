@@ -20,8 +20,9 @@ from toolkit.errors import ToolkitError  # noqa: E402
 from toolkit.fsutil import atomic_path  # noqa: E402
 from toolkit.tracking import METRICS, read_metrics  # noqa: E402
 
-PANELS = [("mse", "epoch", "MSE (sum over steps)"), ("kld", "epoch", "KL loss"), ("psnr", "val", "validation PSNR (dB)"),
-          ("ssim", "val", "validation SSIM"), ("tfr", "epoch", "teacher forcing ratio"), ("beta", "epoch", "KL weight")]
+PANELS = [("mse", "epoch", "MSE (sum over steps)"), ("kld", "epoch", "KL loss"),
+          ("psnr", "val", "validation PSNR (dB)"), ("ssim", "val", "validation SSIM"),
+          ("tfr", "epoch", "teacher forcing ratio"), ("beta", "epoch", "KL weight")]
 
 
 def _save(fig, path: Path) -> Path:
@@ -32,7 +33,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_training(runs: dict[str, Path], out: Path) -> Path:
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
     for (key, kind, title), ax in zip(PANELS, axes.flat):
         for i, (label, run) in enumerate(runs.items()):
             records = read_metrics(run, kind)
@@ -68,7 +69,7 @@ def _per_frame_sources(runs: dict[str, Path], reports: list[Path]) -> list[tuple
 
 
 def plot_per_frame(curves: list[tuple[str, dict]], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for i, (label, c) in enumerate(curves):
         frames = list(range(c["first"], c["first"] + len(c["psnr"])))
         ax.plot(frames, c["psnr"], color=f"C{i % 10}", marker="o", markersize=3, label=label)

@@ -12,6 +12,7 @@ and CSV, with the runs' curves overlaid.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import itertools
 import math
@@ -49,9 +50,9 @@ def load_sweep(path: str | Path) -> dict:
     known = flat_keys()
     for key, spec in params.items():
         if key not in known:
-            import difflib
             close = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"{path}: parameter '{key}' is not a config key" + (f"; did you mean '{close[0]}'?" if close else ""))
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{path}: parameter '{key}' is not a config key{hint}")
         if not isinstance(spec, dict) or not ({"values", "value", "distribution"} & set(spec)):
             raise ToolkitError(f"{path}: parameter '{key}' needs values, value or a distribution")
         if sweep["method"] == "grid" and "values" not in spec and "value" not in spec:
@@ -90,7 +91,7 @@ def configurations(sweep: dict, max_runs: int | None = None, seed: int = 0) -> l
     """Grid: every combination (up to max_runs); random/bayes: max_runs (default 10) random draws."""
     params = sweep["parameters"]
     if sweep["method"] == "grid":
-        axes = [[(k, v) for v in (spec["values"] if "values" in spec else [spec["value"]])] for k, spec in params.items()]
+        axes = [[(k, v) for v in spec.get("values", [spec.get("value")])] for k, spec in params.items()]
         combos = [dict(c) for c in itertools.product(*axes)]
         return combos[:max_runs] if max_runs else combos
     rng = random.Random(seed)
@@ -103,7 +104,8 @@ def agent_args(config: dict) -> list[str]:
 
 
 def run_name(config: dict) -> str:
-    parts = [f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in config.items()]
+    parts = [f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+             for k, v in config.items()]
     return ",".join(parts).replace("/", "_")
 
 

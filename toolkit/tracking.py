@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+from toolkit.config import WandbConfig
 from toolkit.fsutil import atomic_write_text
 
 METRICS = "metrics.jsonl"
@@ -55,6 +56,15 @@ def stored_run_id(run_dir: Path) -> str:
 
 def store_run_id(run_dir: Path, run_id: str) -> None:
     atomic_write_text(Path(run_dir) / RUN_ID_FILE, run_id + "\n")
+
+
+def init_wandb(accelerator, cfg: WandbConfig, run_dir: Path, run_id: str, mode: str, config: dict) -> None:
+    """Start (or, with a stored run id, continue) the W&B run through accelerate's tracker."""
+    import wandb
+
+    init = {"id": run_id, "resume": "allow", "dir": str(run_dir), "mode": mode, "name": cfg.name or run_dir.name,
+            "tags": cfg.tags, "entity": cfg.entity or None, "settings": wandb.Settings(quiet=True)}
+    accelerator.init_trackers(cfg.project, config=config, init_kwargs={"wandb": init})
 
 
 class MetricsLog:

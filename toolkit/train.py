@@ -31,7 +31,8 @@ from toolkit.evaluate import EvalResult, broadcast_buffers, evaluate
 from toolkit.fsutil import atomic_write_text
 from toolkit.model import SVG
 from toolkit.schedules import schedule_values
-from toolkit.tracking import MetricsLog, new_run_id, read_metrics, resolve_wandb_mode, store_run_id, stored_run_id
+from toolkit.tracking import (MetricsLog, init_wandb, new_run_id, read_metrics, resolve_wandb_mode, store_run_id,
+                              stored_run_id)
 from toolkit.video import compose, save_gif, with_context
 
 SUMS = ("loss", "mse", "kld", "n")
@@ -140,11 +141,7 @@ def train(cfg: Config) -> dict:
         state.wandb_run_id = state.wandb_run_id or stored_run_id(run_dir) or new_run_id()
         store_run_id(run_dir, state.wandb_run_id)
     if accelerator.log_with:
-        import wandb
-
-        init = {"settings": wandb.Settings(quiet=True), "id": state.wandb_run_id, "resume": "allow", "dir": str(run_dir), "mode": wandb_mode,
-                "name": cfg.wandb.name or run_dir.name, "tags": cfg.wandb.tags, "entity": cfg.wandb.entity or None}
-        accelerator.init_trackers(cfg.wandb.project, config=config, init_kwargs={"wandb": init})
+        init_wandb(accelerator, cfg.wandb, run_dir, state.wandb_run_id, wandb_mode, config)
     unwrapped = accelerator.unwrap_model(model)
     if main:
         print(f"{unwrapped.param_count():,} parameters, {accelerator.num_processes} process(es) on "
@@ -256,7 +253,8 @@ def train(cfg: Config) -> dict:
                        baseline_ssim=last_val["baseline_ssim"], val_count=last_val["count"])
         if main:
             print(f"final validation PSNR {last_val['psnr']:.2f} dB vs copy-last-frame baseline "
-                  f"{last_val['baseline_psnr']:.2f} dB (SSIM {last_val['ssim']:.3f} vs {last_val['baseline_ssim']:.3f}) "
+                  f"{last_val['baseline_psnr']:.2f} dB (SSIM {last_val['ssim']:.3f} vs "
+                  f"{last_val['baseline_ssim']:.3f}) "
                   f"on {last_val['count']} sequences after {state.epoch} epoch(s); best {state.best_psnr:.2f} dB after "
                   f"epoch {state.best_epoch}; run dir {run_dir}")
     log.write(summary)

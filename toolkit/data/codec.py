@@ -1,11 +1,13 @@
 """How one sequence is stored inside a WebDataset shard, and decoded again.
 
 A sample is `{key}.frames.png` (or `{key}.frames.npy`) plus `{key}.cond.npy`:
-- `png` (default): all T frames stacked vertically into one lossless RGB PNG of size W x (T*H). One decode
-  per sequence instead of T, and deflate's window spans consecutive frames, so the static background of a
-  fixed camera compresses across time: smaller than the per-frame PNG folders and several times faster to read.
-  Decoded with Pillow, which raises on corrupt data (torchvision 0.29's `decode_png` crashed the process on a
-  PNG with a bad IDAT CRC, and its image codecs are deprecated).
+- `png` (default): all T frames stacked vertically into one lossless RGB PNG of size W x (T*H), every row with
+  PNG filter type 0 (None). One decode per sequence instead of T; deflate's 32 KiB window spans the same row
+  of the previous frame (12 KiB back), so the static background of a fixed camera compresses across time.
+  Filter 0 keeps those repeats byte-identical (adaptive filters, Pillow's default, break them): on the pushing
+  world the strips come out 22% smaller and decode 2.5x faster than Pillow-encoded ones. Decoded with Pillow,
+  which raises on corrupt data (torchvision 0.29's `decode_png` crashed the process on a PNG with a bad IDAT
+  CRC, and its image codecs are deprecated).
 - `npy`: the raw uint8 array [T, H, W, 3] (fastest to decode, largest).
 - `cond.npy`: float32 [T, D] (D = 7: action then end-effector position; D = 0 for unconditional data).
 """
@@ -13,6 +15,8 @@ A sample is `{key}.frames.png` (or `{key}.frames.npy`) plus `{key}.cond.npy`:
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -21,6 +25,7 @@ from PIL import Image
 from toolkit.data.sequence import Sequence
 
 ENCODINGS = ("png", "npy")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COND_ENTRY = "cond.npy"
 
 
@@ -34,14 +39,25 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def png_bytes(image: np.ndarray, level: int = 6) -> bytes:
+    """A standard 8-bit RGB PNG of image uint8 [H, W, 3] whose rows all use filter type 0 (see above)."""
+    h, w, c = image.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, w * c)], axis=1)  # filter byte 0 per row
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, filter 0, no interlace
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + \
+        _chunk(b"IEND", b"")
+
+
 def encode_sample(seq: Sequence, encoding: str) -> dict:
     """Sequence -> WebDataset sample dict of bytes (deterministic: same sequence, same bytes)."""
     frames = np.ascontiguousarray(seq.frames, dtype=np.uint8)
     t, h, w, c = frames.shape
     if encoding == "png":
-        buf = io.BytesIO()
-        Image.fromarray(frames.reshape(t * h, w, c)).save(buf, format="PNG", compress_level=6)
-        data = buf.getvalue()
+        data = png_bytes(frames.reshape(t * h, w, c))
     elif encoding == "npy":
         data = npy_bytes(frames)
     else:

@@ -115,11 +115,13 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
     loader feeder threads) can deadlock the child on a lock held by another thread at fork time, which hung a
     2-rank run here once. The forkserver is single-threaded and preloads this module, so a worker still starts
     in about 0.1 s (the first one per process in ~2 s). As with `spawn`, a script that starts training must
-    guard its entry point with `if __name__ == "__main__":`.
+    guard its entry point with `if __name__ == "__main__":`, and every worker imports the script's module again
+    (CPython 3.11's forkserver does not preload `__main__`), so keep its module-level imports light, as
+    `python -m toolkit` does.
     """
     kwargs = {}
     if num_workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
-        multiprocessing.set_forkserver_preload(["toolkit.data.loader"])
+        multiprocessing.set_forkserver_preload(["__main__", "toolkit.data.loader"])  # __main__: where supported
         kwargs["multiprocessing_context"] = "forkserver"
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
                          generator=torch.Generator().manual_seed(0), **kwargs)

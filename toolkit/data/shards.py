@@ -31,7 +31,8 @@ def _source_splits(src: Path, fmt: str) -> dict[str, Callable[[], Iterator[Seque
         return {s: (lambda s=s: folders.iter_folder_split(src / s)) for s in folders.find_splits(src)}
     splits = [s for s in folders.find_splits(src) if any((src / s).glob("*.tfrecord*"))]
     if not splits:
-        raise DataError(f"{src}: no split folder with *.tfrecord(s) files (expected e.g. {src}/train/traj_0_to_255.tfrecords)")
+        raise DataError(f"{src}: no split folder with *.tfrecord(s) files (expected e.g. "
+                        f"{src}/train/traj_0_to_255.tfrecords)")
     return {s: (lambda s=s: tfrecord.iter_tfrecord_split(src / s)) for s in splits}
 
 
@@ -57,7 +58,8 @@ class _SplitWriter:
             self.close()
             name = f"{self.split}-{len(self.shards):06d}.tar"
             self.stream = open(self.out / name, "wb")
-            self.writer = TarWriter(self.stream, encoder=False, mtime=0, user="cvae", group="cvae")  # int: no PAX header
+            # mtime 0 (an int: a float adds a PAX header per member) makes shards reproducible
+            self.writer = TarWriter(self.stream, encoder=False, mtime=0, user="cvae", group="cvae")
             self.shards.append({"name": name, "count": 0})
         self.writer.write(sample)
         self.shards[-1]["count"] += 1

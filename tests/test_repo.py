@@ -1,0 +1,62 @@
+"""Repository contracts: the README's commands, .ci/run, launch.sh and the recipes stay consistent."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO, tiny_recipe
+from toolkit.config import load_config
+from toolkit.tracking import read_metrics
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"## Set up and run\n.*?```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
+    main_job, tests = readme_commands()
+    assert main_job.endswith("&& ./launch.sh") and tests.endswith("&& pytest -q")
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    venv_prefix = "python3 -m venv .venv && . .venv/bin/activate && "
+    assert tests.startswith(venv_prefix) and tests[len(venv_prefix):] in ci  # .ci/run makes the venv itself
+    assert "python3 -m venv .venv" in ci and ". .venv/bin/activate" in ci
+    assert os.access(REPO / ".ci" / "run", os.X_OK) and os.access(REPO / "launch.sh", os.X_OK)
+
+
+def test_every_recipe_loads_and_the_demo_uses_the_embedded_data():
+    recipes = sorted((REPO / "recipes" / "train").glob("*.yaml"))
+    assert {p.name for p in recipes} >= {"demo.yaml", "bair_lab.yaml", "bair_svglp.yaml"}
+    for path in recipes:
+        load_config(path)
+    demo, lab = load_config(REPO / "recipes/train/demo.yaml"), load_config(REPO / "recipes/train/bair_lab.yaml")
+    assert demo.data.shards == "shards/pushing" and demo.train.resume == "auto"
+    assert (lab.data.batch_size, lab.train.epochs, lab.train.epoch_size, lab.data.n_past, lab.data.n_future,
+            lab.model.prior, lab.optim.lr) == (12, 300, 600, 2, 10, "fixed", 0.002)
+    assert load_config(REPO / "recipes/train/bair_svglp.yaml").model.prior == "learned"
+
+
+def _env() -> dict:
+    return {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+
+
+def test_launch_sh_reports_missing_files():
+    proc = subprocess.run(["./launch.sh", "recipes/train/nope.yaml"], cwd=REPO, capture_output=True, text=True,
+                          env=_env())
+    assert proc.returncode == 2 and "recipe not found: recipes/train/nope.yaml" in proc.stderr
+    proc = subprocess.run(["./launch.sh", "recipes/train/demo.yaml", "nope.yaml"], cwd=REPO, capture_output=True,
+                          text=True, env=_env())
+    assert proc.returncode == 2 and "accelerate config not found: nope.yaml" in proc.stderr
+
+
+def test_launch_sh_trains_a_recipe_with_overrides(tmp_path, pushing_shards):
+    recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run", train={"epochs": 1, "epoch_size": 2})
+    proc = subprocess.run(["./launch.sh", str(recipe), "recipes/accelerate/cpu.yaml", "--train.epoch_size=3"],
+                          cwd=REPO, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = read_metrics(tmp_path / "run", "final")[-1]
+    assert final["world_size"] == 2 and final["step"] == 3
+    assert "final validation PSNR" in proc.stdout and "copy-last-frame baseline" in proc.stdout
