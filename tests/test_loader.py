@@ -182,3 +182,19 @@ def test_corrupt_sample_raises_data_error_naming_shard(tmp_path, num_workers):
     # From a worker process the error carries the worker's traceback; the CLI shows only the cause.
     expected = "corrupt PNG (broken data stream when reading image file)"
     assert error_message(e.value) == f"{shard}: sample 'traj_0_to_255__0': {expected}"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_unreadable_or_missing_shard_is_a_data_error_naming_it(tmp_path, damage):
+    write_bair_folders(tmp_path / "src", {"train": 2}, seed=5)
+    convert(tmp_path / "src", tmp_path / "out", progress=False)
+    shard = tmp_path / "out" / "train-000000.tar"
+    if damage == "garbage":
+        shard.write_bytes(b"this is not a tar file" * 100)
+    else:
+        shard.unlink()
+    for make in (lambda: eval_loader(str(tmp_path / "out"), "train", 2, 12, num_workers=0),
+                 lambda: train_loader(str(tmp_path / "out"), "train", 2, 3, 12, seed=0, epoch=0, num_workers=1)):
+        with pytest.raises(DataError) as e:
+            collect(make())
+        assert error_message(e.value).startswith(f"{shard}: unreadable shard")

@@ -200,3 +200,35 @@ def test_wandb_offline_run_is_continued_on_resume(tmp_path, shards):
     assert history.is_file() and history.stat().st_size > 0
     assert json.loads((tmp_path / "run" / "checkpoints" / "epoch_000002" / "train_state.json").read_text())[
         "train_state"]["wandb_run_id"] == run_id
+
+
+def test_accumulation_clipping_bf16_learned_prior_and_schedules_train_together(tmp_path, shards):
+    path = recipe(tmp_path, shards, model={"prior": "learned"}, optim={"grad_accum": 2, "grad_clip": 1.0},
+                  data={"random_window": True},
+                  schedule={"kl_anneal": "cyclical", "kl_anneal_cycle": 2, "kl_per_step": True, "tfr": 1.0,
+                            "tfr_decay_step": 0.5, "tfr_lower_bound": 0.2},
+                  train={"epochs": 2, "epoch_size": 4, "eval_every": 2, "mixed_precision": "bf16"})
+    proc = cvae("train", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mixed precision bf16" in proc.stdout
+    steps = read_metrics(tmp_path / "run", "step")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 4 batches per epoch, 2 per optimizer step
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["mse"], r["kld"]])).all() for r in steps)
+    assert [round(r["tfr"], 6) for r in steps] == [1.0, 1.0, 0.5, 0.5]  # decays after epoch 0
+    betas = [r["beta"] for r in steps]  # cyclical, per step: 2 cycles over 4 steps, ramp over half a cycle
+    assert betas[0] == 0.0 and betas[2] == 0.0 and betas[1] > 0 and betas[3] > 0
+    state, _ = read_checkpoint_meta(tmp_path / "run" / "checkpoints" / "epoch_000002")
+    assert state.global_step == 4 and state.schedule["tfr"] == 0.5
+
+
+def test_unconditional_training_on_moving_digits(tmp_path):
+    from toolkit.data.shards import convert
+    from toolkit.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "digits", "shapes", {"train": 8, "validate": 2, "test": 0}, progress=False)
+    convert(tmp_path / "digits", tmp_path / "shards", maxcount=4, progress=False)
+    path = recipe(tmp_path, str(tmp_path / "shards"), train={"epochs": 1, "epoch_size": 2})
+    proc = cvae("train", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, meta = read_checkpoint_meta(tmp_path / "run" / "checkpoints" / "epoch_000001")
+    assert meta["model_args"]["cond_dim"] == 0 and read_metrics(tmp_path / "run", "val")[-1]["count"] == 2

@@ -54,6 +54,9 @@ class TrainState:
     """Running sums of the current epoch's metrics (to resume mid-epoch)."""
     wandb_run_id: str = ""
     """The W&B run this training logs to (a resumed run continues it)."""
+    schedule: dict = field(default_factory=dict)
+    """Teacher forcing ratio and KL weight in use when saved (they are pure functions of epoch and step, so a
+    resumed run recomputes the same values; recorded for inspection)."""
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -177,7 +177,8 @@ def _fields(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 
-def _unknown(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
+def unknown_key(key: str, known: typing.Iterable[str], where: str) -> ConfigError:
+    """The error for an unknown key, with the closest known key as a suggestion."""
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(known))}"
     return ConfigError(f"{where}: unknown key '{key}'{hint}")
@@ -224,11 +225,11 @@ def _set(cfg: Config, dotted: str, value, where: str) -> None:
     section, key = parts
     sections = _fields(cfg)
     if section not in sections:
-        raise _unknown(section, sections, where)
+        raise unknown_key(section, sections, where)
     sub = getattr(cfg, section)
     keys = _fields(sub)
     if key not in keys:
-        raise _unknown(f"{section}.{key}", [f"{section}.{k}" for k in keys], where)
+        raise unknown_key(f"{section}.{key}", [f"{section}.{k}" for k in keys], where)
     types = typing.get_type_hints(type(sub))
     setattr(sub, key, _coerce(value, types[key], dotted, where))
 
@@ -239,7 +240,7 @@ def apply_mapping(cfg: Config, mapping: dict, where: str) -> None:
         raise ConfigError(f"{where}: a recipe must be a mapping of sections, got {type(mapping).__name__}")
     for section, values in mapping.items():
         if section not in _fields(cfg):
-            raise _unknown(str(section), _fields(cfg), where)
+            raise unknown_key(str(section), _fields(cfg), where)
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: section '{section}' must be a mapping of keys, got {values!r}")
         for key, value in values.items():

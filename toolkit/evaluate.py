@@ -57,9 +57,9 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
         cond = batch.cond.to(accelerator.device, non_blocking=True)
         past, future = frames[:, :n_past], frames[:, n_past:n_past + n_future]
         with accelerator.autocast():
-            preds = [model.generate(past, cond, n_future, sample=True, generator=generator).float()
-                     for _ in range(samples)]
-        psnr = torch.stack([metrics.psnr(p, future) for p in preds])  # [N, B, T]
+            preds = torch.stack([model.generate(past, cond, n_future, sample=True, generator=generator).float()
+                                 for _ in range(samples)])  # [N, B, n_future, C, H, W]
+        psnr = torch.stack([metrics.psnr(p, future) for p in preds])  # [N, B, n_future]
         ssim = torch.stack([metrics.ssim(p, future) for p in preds])
         best_psnr, best_index = metrics.best_of_n(psnr)
         best_ssim, _ = metrics.best_of_n(ssim)
@@ -70,8 +70,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
         for b, key in enumerate(batch.keys):
             rows.append({"key": key, **{k: v[b].tolist() for k, v in values.items()}})
             if len(kept) < keep:
-                best = torch.stack(preds)[best_index[b], b]
-                kept.append((key, frames[b, :n_past + n_future].cpu(), best.cpu()))
+                kept.append((key, frames[b, :n_past + n_future].cpu(), preds[best_index[b], b].cpu()))
     if was_training:
         model.train()
     rows = gather_object(rows) if accelerator.num_processes > 1 else rows

@@ -31,17 +31,12 @@ def read_input(path: Path, key: str | None = None) -> tuple[torch.Tensor, torch.
         return frames.float() / 255, torch.from_numpy(seq.cond), seq.key
     if not path.is_file():
         raise ToolkitError(f"{path}: no such sequence folder or shard")
-    samples: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                k, _, entry = member.name.partition(".")
-                if member.isfile() and (key is None or k == key):
-                    samples.setdefault(k, {})[entry] = tar.extractfile(member).read()
-                if key is None and len(samples) > 1:
-                    break
+        samples = codec.tar_samples(path.read_bytes())
     except tarfile.TarError as e:
         raise DataError(f"{path}: not a readable shard ({e})") from None
+    if key is not None:
+        samples = {k: v for k, v in samples.items() if k == key}
     if not samples:
         raise DataError(f"{path}: " + (f"no sequence '{key}'" if key else "no sequences"))
     k, entries = next(iter(samples.items()))

@@ -12,7 +12,6 @@ and CSV, with the runs' curves overlaid.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import itertools
 import math
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from toolkit.config import ConfigError, flat_keys
+from toolkit.config import flat_keys, unknown_key
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import atomic_write_text
 from toolkit.plots import plot
@@ -50,9 +49,7 @@ def load_sweep(path: str | Path) -> dict:
     known = flat_keys()
     for key, spec in params.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{path}: parameter '{key}' is not a config key{hint}")
+            raise unknown_key(key, known, f"{path}: parameters")
         if not isinstance(spec, dict) or not ({"values", "value", "distribution"} & set(spec)):
             raise ToolkitError(f"{path}: parameter '{key}' needs values, value or a distribution")
         if sweep["method"] == "grid" and "values" not in spec and "value" not in spec:

@@ -89,7 +89,8 @@ def validate(cfg: Config, accelerator: Accelerator, model: SVG, manifest, run_di
               "baseline_psnr_per_frame": result.per_frame["baseline_psnr"]}
     log.write(record)
     values = {f"val/{k}": v for k, v in result.mean.items()}
-    values.update({f"val/psnr_frame_{d.n_past + t:02d}": v for t, v in enumerate(result.per_frame["psnr"])})
+    values.update({f"val/psnr_frame_{d.n_past + 1 + t:02d}": v  # 1-based frame numbers, as `cvae eval` prints
+                   for t, v in enumerate(result.per_frame["psnr"])})
     if kept:
         rows = [[gt, with_context(gt[:d.n_past], pred)] for _, gt, pred in kept]
         gif = save_gif(run_dir / "samples" / f"epoch_{epoch + 1:06d}.gif", compose(rows, d.n_past))
@@ -169,10 +170,10 @@ def train(cfg: Config) -> dict:
                                             cfg.train.epochs)
                 with accelerator.accumulate(model):
                     out = model(batch.frames.to(accelerator.device), batch.cond.to(accelerator.device), tfr, beta)
-                    flags = [float(not torch.isfinite(out["loss"]).item()), float(stop.signum != 0)]
-                    stats = torch.tensor([out[k].item() for k in ("loss", "mse", "kld")] + flags,
-                                         dtype=torch.float64, device=accelerator.device)
-                    stats = accelerator.reduce(stats, "sum").tolist()  # every rank sees the same flags
+                    loss = out["loss"].detach()
+                    stats = torch.stack([loss, out["mse"].detach(), out["kld"].detach(), ~torch.isfinite(loss),
+                                         torch.tensor(stop.signum != 0, device=loss.device)]).double()
+                    stats = accelerator.reduce(stats, "sum").tolist()  # one sync; every rank sees the same flags
                     bad = stats[3] > 0
                     window_bad |= bad  # a non-finite micro-batch drops its whole accumulation window
                     if not window_bad:
@@ -211,6 +212,7 @@ def train(cfg: Config) -> dict:
                     break
             bar.close()
             del batches  # shuts the epoch's (endless) loader workers down before validating or saving
+            state.schedule = {"tfr": tfr, "beta": beta}
             if stopped and i + 1 < cfg.train.epoch_size:
                 state.step_in_epoch, state.epoch_sums = i + 1, sums
                 path = ckpt.save_checkpoint(accelerator, run_dir, ckpt.checkpoint_name(epoch, i + 1), state, meta,

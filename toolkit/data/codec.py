@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tarfile
 import zlib
 
 import numpy as np
@@ -93,3 +94,15 @@ def decode_cond(data: bytes) -> torch.Tensor:
     if array.dtype != np.float32 or array.ndim != 2:
         raise ValueError(f"cond array is {array.dtype} {array.shape}, expected float32 [T, D]")
     return torch.from_numpy(array.copy())
+
+
+def tar_samples(data: bytes) -> dict[str, dict[str, bytes]]:
+    """Group tar members into samples by key (the basename up to its first dot, as WebDataset does)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, entry = member.name.partition(".")
+            samples.setdefault(key, {})[entry] = tar.extractfile(member).read()
+    return samples

@@ -98,6 +98,13 @@ def _decode(src: Iterator[dict], m: Manifest, window: int, use_cond: bool, seed:
         yield frames[start:start + window], cond, sample["__key__"]
 
 
+def _shard_error(exn: Exception) -> bool:
+    """WebDataset's handler hook: a shard that cannot be opened or read is a DataError naming it (WebDataset
+    appends the shard's URL to the exception's args)."""
+    url = next((a for a in reversed(exn.args) if isinstance(a, str) and a), "?")
+    raise DataError(f"{url}: unreadable shard ({type(exn).__name__}: {exn.args[0] if exn.args else exn})") from None
+
+
 def _collate(items: list[tuple]) -> Batch:
     return Batch(torch.stack([f for f, _, _ in items]), torch.stack([c for _, c, _ in items]), [k for _, _, k in items])
 
@@ -151,7 +158,7 @@ def train_loader(m: Manifest | str, split: str, batch_size: int, n_batches: int,
     s = (seed, epoch, rank)
     pipeline = wds.DataPipeline(
         functools.partial(_resampled, urls, s),
-        wds.tarfile_to_samples(),
+        wds.tarfile_to_samples(handler=_shard_error),
         functools.partial(_shuffled, bufsize=shuffle_buffer, seed=s),
         functools.partial(_decode, m=m, window=window, use_cond=use_cond, seed=s if random_window else None),
         wds.batched(batch_size, collation_fn=_collate, partial=False),
@@ -171,7 +178,7 @@ def eval_loader(m: Manifest | str, split: str, batch_size: int, window: int, *, 
         total += shard["count"]
     pipeline = wds.DataPipeline(
         functools.partial(_ordered, urls),
-        wds.tarfile_to_samples(),
+        wds.tarfile_to_samples(handler=_shard_error),
         functools.partial(_select, offsets=offsets, rank=rank, world_size=world_size, limit=limit),
         functools.partial(_decode, m=m, window=window, use_cond=use_cond, seed=None),
         wds.batched(batch_size, collation_fn=_collate, partial=True),

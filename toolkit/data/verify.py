@@ -9,7 +9,6 @@ All problems are collected and reported together (DataError); success prints a o
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 
 from tqdm import tqdm
@@ -25,18 +24,6 @@ MAX_REPORTED = 20
 def _read(url: str) -> bytes:
     with gopen(url, "rb") as f:
         return f.read()
-
-
-def _samples(data: bytes) -> dict[str, dict[str, bytes]]:
-    """Group tar members into samples by key (the basename up to its first dot, as WebDataset does)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, entry = member.name.partition(".")
-            samples.setdefault(key, {})[entry] = tar.extractfile(member).read()
-    return samples
 
 
 def _check_sample(key: str, entries: dict[str, bytes], m: Manifest) -> list[str]:
@@ -74,7 +61,7 @@ def _check_shard(url: str, shard: dict, m: Manifest, seen: set[str]) -> tuple[in
     if "sha256" in shard and hashlib.sha256(data).hexdigest() != shard["sha256"]:
         problems.append(f"{url}: sha256 differs from the manifest (corrupted or replaced)")
     try:
-        samples = _samples(data)
+        samples = codec.tar_samples(data)
     except tarfile.TarError as e:
         return 0, problems + [f"{url}: not a valid tar ({e})"]
     for key, entries in samples.items():
