@@ -28,6 +28,13 @@ def test_predict_writes_a_gif_with_the_right_frame_count_and_a_strip(tiny_run, p
         assert gif.size == (4 * 68, 68)  # ground truth | prediction | 2 samples, 64 px + 2 px borders
     with Image.open(tmp_path / "p.png") as strip:
         assert strip.size == (12 * 68, 4 * 68)  # time left to right, one row per panel
+    ckpt = str(tiny_run / "checkpoints" / "best")
+    proc = run_toolkit("predict", ckpt, "--input", shard, "--out", str(tmp_path / "k.gif"), "--key", "traj_0_to_255__1")
+    assert proc.returncode == 0 and proc.stdout.startswith("traj_0_to_255__1:"), proc.stderr[-3000:]
+    proc = run_toolkit("predict", ckpt, "--input", shard, "--out", str(tmp_path / "k.gif"), "--key", "nope")
+    assert proc.returncode == 2 and f"{shard}: no sequence 'nope'" in proc.stderr
+    proc = run_toolkit("predict", ckpt, "--input", shard, "--out", str(tmp_path / "k.avi"))
+    assert proc.returncode == 2 and "use a .gif or .mp4 file name" in proc.stderr
 
 
 def test_predict_from_a_sequence_folder_with_more_frames_and_mp4(tiny_run, pushing_shards, tmp_path):

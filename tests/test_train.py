@@ -232,3 +232,14 @@ def test_unconditional_training_on_moving_digits(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, meta = read_checkpoint_meta(tmp_path / "run" / "checkpoints" / "epoch_000001")
     assert meta["model_args"]["cond_dim"] == 0 and read_metrics(tmp_path / "run", "val")[-1]["count"] == 2
+
+
+def test_a_sweep_agent_run_gets_its_own_run_dir_and_run_id(tmp_path, shards):
+    path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 1, "run_dir": str(tmp_path / "sweep/{run_id}")})
+    env = {**os.environ, "WANDB_RUN_ID": "abc123", "WANDB_SWEEP_ID": "sw1"}
+    proc = cvae("train", str(path), "--schedule.kl_anneal=cyclical", "--optim.lr=0.001", env=env)  # as ${args}
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "sweep" / "abc123"
+    assert (run / "wandb_run_id").read_text().strip() == "abc123"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["schedule"]["kl_anneal"] == "cyclical" and cfg["optim"]["lr"] == 0.001
