@@ -88,6 +88,22 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: _order(p.name))
 
 
+def resume_target(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint `train.resume` asks for ("auto": the newest in run_dir, if any; a path), or None for a
+    fresh run; refuses to start afresh over a run that has checkpoints."""
+    existing = list_checkpoints(run_dir)
+    if resume == "auto":
+        return existing[-1] if existing else None
+    if resume:
+        path = Path(resume)
+        read_checkpoint_meta(path)  # a clear error if it is not a checkpoint
+        return path
+    if existing:
+        raise ToolkitError(f"{run_dir} already holds checkpoints (newest: {existing[-1].name}); pass "
+                           "--train.resume=auto to continue that run, or choose another --train.run_dir")
+    return None
+
+
 def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, state: TrainState, meta: dict,
                     keep_last: int | None = None) -> Path:
     """Save model/optimizer/scaler/RNG + train state as `checkpoints/{name}` (all ranks must call this).

@@ -54,21 +54,6 @@ class StopSignal:
             signal.signal(s, handler)
 
 
-def resume_target(cfg: Config, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite a run by accident."""
-    existing = ckpt.list_checkpoints(run_dir)
-    if cfg.train.resume == "auto":
-        return existing[-1] if existing else None
-    if cfg.train.resume:
-        path = Path(cfg.train.resume)
-        ckpt.read_checkpoint_meta(path)  # a clear error if it is not a checkpoint
-        return path
-    if existing:
-        raise ToolkitError(f"{run_dir} already holds checkpoints (newest: {existing[-1].name}); pass "
-                           "--train.resume=auto to continue that run, or choose another --train.run_dir")
-    return None
-
-
 def param_checksum(model: torch.nn.Module) -> list[float]:
     """Two float64 sums over all parameters (plain and position-weighted): equal on ranks in sync."""
     flat = torch.cat([p.detach().double().flatten() for p in model.parameters()]).cpu()
@@ -114,7 +99,7 @@ def train(cfg: Config) -> dict:
     run_dir = Path(cfg.train.run_dir)
     if "{run_id}" in cfg.train.run_dir:
         run_dir = Path(cfg.train.run_dir.replace("{run_id}", broadcast_object_list([new_run_id()])[0]))
-    resume = resume_target(cfg, run_dir)
+    resume = ckpt.resume_target(cfg.train.resume, run_dir)
     d, config = cfg.data, to_dict(cfg)
     manifest = read_manifest(d.shards)
     window = d.n_past + d.n_future
