@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,19 @@ def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path
     assert (tmp_path / "out" / "training_curves.png").stat().st_size > 10_000
     again = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
     assert again.returncode == 0 and "[1]" not in again.stdout  # finished runs are not run again
+    # an interrupted run (no final record, newest checkpoint lost) continues from its newest checkpoint
+    run = tmp_path / "out" / rows[1]["run"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines if '"kind": "final"' not in line))
+    newest = sorted((run / "checkpoints").glob("epoch_*"))
+    shutil.rmtree(newest[-1])
+    resumed = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[1]" not in resumed.stdout and "[2]" in resumed.stdout and f"resuming from {newest[-2]}" in resumed.stdout
+    assert list(csv.DictReader(open(tmp_path / "out" / "results.csv")))[1]["status"] == "done"
+    # a run that fails is reported in the table and makes the sweep exit non-zero
+    shutil.rmtree(run)
+    failed = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"),
+                         "--", "--train.epochs=-1")
+    assert failed.returncode == 1 and "1 of 2 run(s) did not finish" in failed.stderr
+    assert list(csv.DictReader(open(tmp_path / "out" / "results.csv")))[1]["status"] == "failed"

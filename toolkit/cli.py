@@ -64,8 +64,13 @@ def _sweep_local(args: argparse.Namespace) -> None:
     from toolkit.sweep import local_sweep
 
     extra = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
-    local_sweep(args.sweep, args.out, max_runs=args.max_runs, accelerate_config=args.accelerate_config,
-                extra=extra, seed=args.seed)
+    rows = local_sweep(args.sweep, args.out, max_runs=args.max_runs, accelerate_config=args.accelerate_config,
+                       extra=extra, seed=args.seed)
+    unfinished = [r["name"] for r in rows if r["status"] != "done"]
+    if unfinished:
+        print(f"error: {len(unfinished)} of {len(rows)} run(s) did not finish: {', '.join(unfinished)}",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,7 +155,8 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
         if not (done and not done[-1]["stopped"]):
             cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", accel,
                    "--main_process_port", str(_free_port()), "-m", "toolkit", "train", recipe, *fixed,
-                   *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}"]
+                   *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
+                   "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
             print(f"[{len(rows) + 1}] {name}", flush=True)
             if subprocess.run(cmd).returncode != 0:
                 print(f"[{len(rows) + 1}] {name}: failed (see the output above)", flush=True)
