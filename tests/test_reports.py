@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import REPO, run_toolkit, tiny_recipe
 from toolkit.config import load_config
 from toolkit.data.manifest import read_manifest
+from toolkit.plots import short_labels
 from toolkit.sweep import agent_args, configurations, load_sweep, recipe_and_args
 from toolkit.tracking import read_metrics
 
@@ -66,6 +67,13 @@ def test_plot_writes_training_curves_and_per_frame_psnr(tiny_run, pushing_shards
             assert path.stat().st_size > 10_000 and img.size[0] > 500 and img.size[1] > 300
     proc = run_toolkit("plot", str(tmp_path / "nothing-here"))
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_plot_labels_keep_what_differs_between_runs():
+    assert short_labels(["a=1,b=2,c=3", "a=1,b=3,c=3"]) == ["b=2", "b=3"]
+    assert short_labels(["a=1,b=2", "a=1,b=2,c=3"]) == ["a=1,b=2", "c=3"]  # nothing left: the name
+    assert short_labels(["a=1,b=2", "b=2,a=1"]) == ["a=1,b=2", "b=2,a=1"]  # would be alike: names kept
+    assert short_labels(["demo"]) == ["demo"] and short_labels(["x", "y"]) == ["x", "y"]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
