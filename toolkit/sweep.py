@@ -117,18 +117,24 @@ def summarize_run(run_dir: Path) -> dict:
             "final_ssim": val[-1]["ssim"], "baseline_psnr": val[-1]["baseline_psnr"], "epochs": val[-1]["epoch"] + 1}
 
 
+def _cell(value, column: str) -> str:
+    """A Markdown cell: PSNR in dB to 2 decimals, SSIM to 3."""
+    if isinstance(value, float) and not math.isnan(value):
+        return f"{value:.3f}" if column.endswith("ssim") else f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
 def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
     """(Markdown, CSV) of the per-configuration results, best validation PSNR first column after params."""
     cols = ["best_psnr", "best_epoch", "final_psnr", "final_ssim", "baseline_psnr", "status"]
     names = [p.split(".")[-1] for p in params]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) and not math.isnan(v) else ("" if v is None else str(v))  # noqa: E731
     md = ["| " + " | ".join(names + ["best val PSNR", "at epoch", "final val PSNR", "final SSIM", "copy-last PSNR",
                                      "status"]) + " |", "|" + "---|" * (len(names) + len(cols))]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["run"] + params + cols)
     for r in rows:
-        md.append("| " + " | ".join([str(r["config"][p]) for p in params] + [fmt(r.get(c)) for c in cols]) + " |")
+        md.append("| " + " | ".join([str(r["config"][p]) for p in params] + [_cell(r.get(c), c) for c in cols]) + " |")
         writer.writerow([r["name"]] + [r["config"][p] for p in params] + [r.get(c, "") for c in cols])
     return "\n".join(md) + "\n", buf.getvalue()
 
