@@ -156,6 +156,25 @@ def test_bad_tfrecord_input_clear_error_and_no_partial_output(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
 
 
+def test_sequences_with_the_same_key_are_rejected(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for name in ("traj_0_to_255.tfrecord", "traj_0_to_255.tfrecords"):  # one stem: the same keys
+        tfrecord.write_tfrecord(tmp_path / "bair" / "train" / name,
+                                [tfrecord.make_bair_example(*random_sequence(rng))])
+    code, err = run_cli(["shards", "convert", str(tmp_path / "bair"), str(tmp_path / "out"), "--format",
+                         "tfrecord", "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "traj_0_to_255.tfrecords#0: sequence key 'traj_0_to_255__0'" in err and "traj_0_to_255.tfrecord#0" in err
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+    write_bair_folders(tmp_path / "src", {"train": 1})
+    (tmp_path / "src" / "train" / "traj_0_to_255").rename(tmp_path / "src" / "train" / "traj_0.to_255")
+    write_bair_folders(tmp_path / "src2", {"train": 1})  # traj_0-to_255 maps to the same key as traj_0.to_255
+    (tmp_path / "src2" / "train" / "traj_0_to_255").rename(tmp_path / "src" / "train" / "traj_0-to_255")
+    code, err = run_cli(["shards", "convert", str(tmp_path / "src"), str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2 and "sequence key 'traj_0-to_255__0'" in err and "is also the key of" in err
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+
+
 def test_existing_output_needs_overwrite(bair_folders, tmp_path, capsys):
     src, _ = bair_folders
     out = tmp_path / "out"

@@ -179,19 +179,16 @@ def iter_folder_split(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int =
     """Read every sequence of a split folder in numeric order, keys `safe_key(traj_folder, k)`.
 
     The first sequence decides whether the split is conditional; every other sequence must match it.
-    An empty split (no `traj_*/{k}` folders) is an error.
+    An empty split (no `traj_*/{k}` folders) is an error. Keys are unique per split unless `safe_key` maps two
+    folder names alike (`shards convert` rejects that).
     """
     split_dir = Path(split_dir)
     dirs = list_sequence_dirs(split_dir)
     if not dirs:
         raise DataError(f"{split_dir}: no sequence folders (expected traj_A_to_B/k/0.png ..)")
     with_cond: bool | None = None
-    seen: dict[str, Path] = {}
     for d in dirs:
-        key = safe_key(d.parent.name, d.name)
-        if key in seen:
-            raise DataError(f"{d}: key {key!r} collides with {seen[key]}")
-        seen[key] = d
-        seq = read_sequence_dir(d, key, seq_len=seq_len, image_size=image_size, with_cond=with_cond)
+        seq = read_sequence_dir(d, safe_key(d.parent.name, d.name), seq_len=seq_len, image_size=image_size,
+                                with_cond=with_cond)
         with_cond = seq.cond.shape[1] > 0
         yield seq

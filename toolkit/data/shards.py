@@ -93,20 +93,21 @@ def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: in
     bar = tqdm(desc="converting", unit="seq", disable=not progress)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for split, iterate in sources.items():
-            writer, keys = _SplitWriter(tmp, split, maxcount), set()
+            writer, sources = _SplitWriter(tmp, split, maxcount), {}
             try:
                 for seq in iterate():
                     _check_consistent(seq, shape)
-                    if seq.key in keys:
-                        raise DataError(f"{seq.source}: duplicate sequence key '{seq.key}' in split '{split}'")
-                    keys.add(seq.key)
+                    if seq.key in sources:
+                        raise DataError(f"{seq.source}: sequence key '{seq.key}' in split '{split}' is also the "
+                                        f"key of {sources[seq.key]} (rename one of them)")
+                    sources[seq.key] = seq.source
                     writer.write(codec.encode_sample(seq, encoding))
                     bar.update(1)
             finally:
                 writer.close()
-            if not keys:
+            if not sources:
                 raise DataError(f"{src / split}: no sequences found")
-            splits[split] = {"count": len(keys), "shards": writer.shards}
+            splits[split] = {"count": len(sources), "shards": writer.shards}
         bar.close()
         data = {
             "format": manifest.FORMAT, "version": manifest.VERSION, "created_by": f"toolkit {__version__}",

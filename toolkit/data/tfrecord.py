@@ -157,11 +157,12 @@ def list_tfrecord_files(split_dir: Path) -> list[Path]:
 
 
 def iter_tfrecord_split(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE) -> Iterator[Sequence]:
-    """Read every BAIR record of a split folder, keys `safe_key(file_stem, record_index)`."""
+    """Read every BAIR record of a split folder, keys `safe_key(file_stem, record_index)` (`a.tfrecord` and
+    `a.tfrecords` would give the same keys: `shards convert` rejects that)."""
     files = list_tfrecord_files(split_dir)
     if not files:
         raise DataError(f"{split_dir}: no *.tfrecord or *.tfrecords files")
-    seen: dict[str, str] = {}
+    records = 0
     for path in files:
         for index, data in enumerate(iter_records(path)):
             source = f"{path}#{index}"
@@ -170,10 +171,7 @@ def iter_tfrecord_split(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int
             except ProtobufError as e:
                 raise DataError(f"{path} record {index}: malformed tf.train.Example ({e})") from e
             frames, cond = read_bair_example(features, seq_len, image_size, source=source)
-            key = safe_key(path.stem, index)
-            if key in seen:
-                raise DataError(f"{source}: key {key!r} collides with {seen[key]}")
-            seen[key] = source
-            yield Sequence(key=key, frames=frames, cond=cond, source=source)
-    if not seen:
+            records += 1
+            yield Sequence(key=safe_key(path.stem, index), frames=frames, cond=cond, source=source)
+    if not records:
         raise DataError(f"{split_dir}: the tfrecord files hold no records")
