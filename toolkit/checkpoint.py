@@ -155,9 +155,11 @@ def check_same_model(saved: dict, current: dict, where: str) -> None:
                            + "; ".join(diffs) + ")")
 
 
-def load_checkpoint(accelerator: Accelerator, path: str | Path) -> TrainState:
-    """Restore model/optimizer/scaler/RNG (weights_only loads) and return the stored train state."""
-    state, _ = read_checkpoint_meta(path)
+def load_checkpoint(accelerator: Accelerator, path: str | Path, meta: dict) -> TrainState:
+    """Restore model/optimizer/scaler/RNG (weights_only loads) and return the stored train state; a clear error
+    first if the checkpoint's meta describes another model than `meta`."""
+    state, saved = read_checkpoint_meta(path)
+    check_same_model(saved, meta, str(path))
     try:
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
     except pickle.UnpicklingError as e:

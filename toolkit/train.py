@@ -115,9 +115,7 @@ def train(cfg: Config) -> dict:
     set_seed(cfg.train.seed, device_specific=True)  # distinct noise per rank; identical weights from above
     state = ckpt.TrainState()
     if resume is not None:
-        saved = ckpt.read_checkpoint_meta(resume)[1]
-        ckpt.check_same_model(saved, meta, str(resume))
-        state = ckpt.load_checkpoint(accelerator, resume)
+        state = ckpt.load_checkpoint(accelerator, resume, meta)
     log = MetricsLog(run_dir, main)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
