@@ -106,13 +106,18 @@ def run_name(config: dict) -> str:
     return ",".join(parts).replace("/", "_")
 
 
+def _ended(final: list[dict]) -> bool:
+    """Whether a run's final records say it ran to its end (not stopped by a signal)."""
+    return bool(final) and not final[-1]["stopped"]
+
+
 def summarize_run(run_dir: Path) -> dict:
     val = read_metrics(run_dir, "val")
     final = read_metrics(run_dir, "final")
     if not val:
         return {"status": "failed" if not final else "no validation"}
     best = max(val, key=lambda r: r["psnr"])
-    return {"status": "done" if final and not final[-1]["stopped"] else "incomplete",
+    return {"status": "done" if _ended(final) else "incomplete",
             "best_psnr": best["psnr"], "best_epoch": best["epoch"] + 1, "final_psnr": val[-1]["psnr"],
             "final_ssim": val[-1]["ssim"], "baseline_psnr": val[-1]["baseline_psnr"], "epochs": val[-1]["epoch"] + 1}
 
@@ -157,8 +162,7 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
     for config in configurations(sweep, max_runs, seed):
         name = run_name(config)
         run_dir = out / name
-        done = read_metrics(run_dir, "final")
-        if not (done and not done[-1]["stopped"]):
+        if not _ended(read_metrics(run_dir, "final")):
             cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", accel,
                    "--main_process_port", str(_free_port()), "-m", "toolkit", "train", recipe, *fixed,
                    *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
