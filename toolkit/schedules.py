@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-from toolkit.config import ScheduleConfig
+from toolkit.config import CHOICES, ScheduleConfig
 from toolkit.errors import ConfigError
 
-KL_MODES = ("none", "monotonic", "cyclical")
+KL_MODES = CHOICES["schedule.kl_anneal"]
 
 
 def teacher_forcing_ratio(epoch: int, tfr: float, start_decay_epoch: int, decay_step: float,
