@@ -1,6 +1,7 @@
 """The `cvae` command: thin argparse front end, one function call per subcommand.
 
-Bad input raises `ToolkitError`; it is printed as `error: ...` and the process exits with status 2.
+Bad input raises `ToolkitError`; it is printed as `error: ...` and the process exits with status 2 (`sweep local`
+exits with status 1 when one of its runs did not finish).
 """
 
 from __future__ import annotations
