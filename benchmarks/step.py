@@ -61,7 +61,7 @@ def reference_step(model: SVG, optims: list[torch.optim.Optimizer], x: list[torc
 
 def our_step(model: SVG, opt: torch.optim.Optimizer, frames: torch.Tensor, cond: torch.Tensor, beta: float) -> float:
     opt.zero_grad()
-    loss = model(frames, cond, tfr=1.0, beta=beta)["loss"]
+    loss = model(frames, cond, teacher_forcing=True, beta=beta)["loss"]
     loss.backward()
     opt.step()
     return loss.item()

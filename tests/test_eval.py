@@ -20,7 +20,7 @@ from toolkit.checkpoint import load_model
 from toolkit.config import ModelConfig
 from toolkit.data.manifest import read_manifest
 from toolkit.eval_cmd import eval_checkpoint
-from toolkit.evaluate import _rank_seed
+from toolkit.evaluate import batch_noise
 from toolkit.model import SVG
 
 
@@ -55,9 +55,8 @@ def test_eval_numbers_equal_a_direct_computation(tiny_run, pushing_shards, tmp_p
     assert report["keys"] == sorted(keys) and report["count"] == 5 and report["samples"] == 3
     model, _, _ = load_model(ckpt)
     model = model.to(memory_format=torch.channels_last)  # as eval_checkpoint does (train.channels_last)
-    generator = torch.Generator().manual_seed(_rank_seed(7, 0))  # one batch holds the whole split
     past, future = frames[:, :2], frames[:, 2:12]
-    preds = [model.generate(past, cond[:, :12], 10, generator=generator).numpy() for _ in range(3)]
+    preds = [model.generate(past, cond[:, :12], 10, batch_noise(model, keys, 7, s, 10)).numpy() for s in range(3)]
     psnr = np.stack([numpy_psnr(p, future.numpy()) for p in preds])  # [3, N, T]
     best = psnr[psnr.mean(axis=2).argmax(axis=0), np.arange(5)]
     baseline = numpy_psnr(np.repeat(past[:, 1:2].numpy(), 10, axis=1), future.numpy())

@@ -1,5 +1,5 @@
-"""SVG model: shapes, loss bookkeeping, gradients, sampling, parameter count, equality with the reference loop,
-overfitting a few sequences, and bf16 autocast."""
+"""SVG model: shapes, loss bookkeeping, gradients, sampling, parameter count, equality with the reference loop
+(`toolkit.model.reference`), per-step BatchNorm statistics, overfitting a few sequences, and bf16 autocast."""
 
 import copy
 
@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from toolkit.config import ModelConfig
 from toolkit.model import SVG, kl_divergence
+from toolkit.model.reference import reference_loss
+from toolkit.model.vgg64 import batch_norm
 
 B, T, N_PAST = 3, 5, 2
 
@@ -24,9 +26,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny(prior="fixed", last_frame_skip=False, cond_dim=7, n_past=N_PAST, seed=0):
+def tiny(prior="fixed", skip_from="reference", cond_dim=7, n_past=N_PAST, seed=0, **model):
     torch.manual_seed(seed)
-    cfg = ModelConfig(width=0.125, g_dim=16, z_dim=4, rnn_size=32, prior=prior, last_frame_skip=last_frame_skip)
+    cfg = ModelConfig(width=0.125, g_dim=16, z_dim=4, rnn_size=32, prior=prior, skip_from=skip_from, **model)
     return SVG(cfg, cond_dim=cond_dim, n_past=n_past)
 
 
@@ -38,8 +40,8 @@ def calibrate_bn(model, frames, cond):
         m.reset_running_stats()
         m.momentum = None
     with torch.no_grad():
-        for tfr in (1.0, 0.0):
-            model.train()(frames, cond, tfr=tfr)
+        for tf in (True, False):
+            model.train()(frames, cond, teacher_forcing=tf)
     for m in bns:
         m.momentum = 0.1
     return model.eval()
@@ -52,12 +54,12 @@ def batch(cond_dim=7, t=T, seed=1):
 
 @pytest.mark.parametrize("cond_dim", [7, 0])
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
-@pytest.mark.parametrize("last_frame_skip", [False, True])
-def test_shapes_and_loss(cond_dim, prior, last_frame_skip):
-    model = tiny(prior, last_frame_skip, cond_dim)
+@pytest.mark.parametrize("skip_from", ["reference", "last_context", "previous"])
+def test_shapes_and_loss(cond_dim, prior, skip_from):
+    model = tiny(prior, skip_from, cond_dim)
     frames, cond = batch(cond_dim)
-    for tfr in (1.0, 0.0):
-        out = model(frames, cond, tfr=tfr, beta=0.5)
+    for tf in (True, False):
+        out = model(frames, cond, teacher_forcing=tf, beta=0.5)
         assert set(out) == {"loss", "mse", "kld"} and all(v.dim() == 0 for v in out.values())
         assert torch.isfinite(out["loss"]) and out["kld"] >= 0 and out["mse"] > 0
         assert torch.allclose(out["loss"], out["mse"] + 0.5 * out["kld"])
@@ -68,24 +70,35 @@ def test_shapes_and_loss(cond_dim, prior, last_frame_skip):
 
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
-@pytest.mark.parametrize("tfr", [1.0, 0.0])
-def test_every_parameter_gets_a_gradient(prior, tfr):
-    model = tiny(prior)
+@pytest.mark.parametrize("tf", [True, False])
+@pytest.mark.parametrize("predictor_bn", [True, False])
+def test_every_parameter_gets_a_gradient(prior, tf, predictor_bn):
+    model = tiny(prior, predictor_bn=predictor_bn)
     frames, cond = batch()
-    model(frames, cond, tfr=tfr, beta=0.1)["loss"].backward()
+    model(frames, cond, teacher_forcing=tf, beta=0.1)["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
-def test_generate_is_seeded(prior):
+def test_generate_uses_the_given_noise(prior):
     frames, cond = batch()
-    model = calibrate_bn(tiny(prior), frames, cond)
-    run = lambda seed, sample=True: model.generate(  # noqa: E731
-        frames[:, :N_PAST], cond, n_future=3, sample=sample, generator=torch.Generator().manual_seed(seed))
+    # the predictor's BatchNorm amplifies the freshly initialized (N(0, 0.02)) weights, so z matters
+    model = calibrate_bn(tiny(prior, predictor_bn=True), frames, cond)
+    steps = model.noise_steps(3)
+
+    def run(seed):
+        noise = None if seed is None else torch.randn(B, steps, 4, generator=torch.Generator().manual_seed(seed))
+        return model.generate(frames[:, :N_PAST], cond, n_future=3, noise=noise)
+
     assert torch.equal(run(0), run(0))
     assert (run(0) - run(1)).abs().max() > 1e-3
-    assert torch.equal(run(0, sample=False), run(1, sample=False))  # means only: no randomness
+    torch.manual_seed(0)
+    means = run(None)
+    torch.manual_seed(1)
+    assert torch.equal(means, run(None))  # means only: no randomness drawn
+    with pytest.raises(ValueError, match="noise"):
+        model.generate(frames[:, :N_PAST], cond, n_future=3, noise=torch.zeros(B, steps - 1, 4))
 
 
 def test_default_parameter_count():
@@ -112,67 +125,68 @@ def test_bad_shapes_raise():
         model.eval().generate(frames[:, :N_PAST], cond[:, :3], n_future=3)  # needs 2 + 3 - 1 = 4 rows
 
 
-def reference_loss(model, frames, cond, beta, use_tf):
-    """A reference-style per-step loop (github.com/edenton/svg train_svg_fp.py / train_svg_lp.py + cond):
-    the encoder is called twice per step (input and target), the decoder once per step. Skips are updated
-    while the input is a context frame (i <= n_past, the last context frame; edenton/svg's `i < n_past`
-    would stop one frame earlier, see toolkit/model/svg.py)."""
-    cfg, n_past = model.cfg, model.n_past
-    torch.rand(())  # SVG.forward's teacher forcing draw comes first in the RNG stream
-    post = prior = pred = None
-    mse, kld = 0.0, 0.0
-    x_in = frames[:, 0]
-    for i in range(1, frames.shape[1]):
-        h = model.encoder(x_in)
-        h_target = model.encoder(frames[:, i])[0]
-        if cfg.last_frame_skip or i <= n_past:
-            h, skip = h
-        else:
-            h = h[0]
-        (z_t, mu, logvar), post = model.posterior(h_target, post)
-        h_pred, pred = model.predictor(torch.cat([h, z_t, cond[:, i - 1]], 1), pred)
-        x_pred = model.decoder(h_pred, skip)
-        mse = mse + F.mse_loss(x_pred, frames[:, i])
-        if model.prior is None:
-            kld = kld - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / frames.shape[0]
-        else:
-            (_, mu2, logvar2), prior = model.prior(h, prior, sample=False)
-            s1, s2 = logvar.mul(0.5).exp(), logvar2.mul(0.5).exp()
-            kl = torch.log(s2 / s1) + (torch.exp(logvar) + (mu - mu2) ** 2) / (2 * torch.exp(logvar2)) - 1 / 2
-            kld = kld + kl.sum() / frames.shape[0]
-        x_in = frames[:, i] if use_tf or i < n_past else x_pred
-    return mse + beta * kld, mse, kld
+@pytest.mark.parametrize("prior,skip_from,n_past,tf", [
+    ("fixed", "reference", 2, True), ("learned", "reference", 3, True), ("fixed", "previous", 2, True),
+    ("learned", "previous", 3, True), ("fixed", "reference", 3, False), ("learned", "previous", 2, False)])
+@pytest.mark.parametrize("predictor_bn", [False, True])
+def test_forward_equals_the_reference_loop_in_training_mode(prior, skip_from, n_past, tf, predictor_bn):
+    # bn_stats "step": the batched calls normalize every time step over its own B frames, so in training mode
+    # the loss and gradients equal the reference's per-step loop (equal weights, the same posterior noise
+    # drawn in the same order). float64 keeps the different summation orders far below the tolerances.
+    model = tiny(prior, skip_from, n_past=n_past, predictor_bn=predictor_bn, bn_stats="step").double().train()
+    ref = copy.deepcopy(model)
+    frames, cond = (x.double() for x in batch(t=6))
+    torch.manual_seed(5)
+    out = model(frames, cond, teacher_forcing=tf, beta=0.3)
+    torch.manual_seed(5)
+    expected = reference_loss(ref, frames, cond, 0.3, teacher_forcing=tf)
+    for key in ("mse", "kld", "loss"):
+        assert torch.allclose(out[key], expected[key], rtol=1e-12, atol=0), key
+    out["loss"].backward()
+    expected["loss"].backward()
+    # relative to the largest gradient: a conv bias in front of training-mode BatchNorm has a true gradient of
+    # 0, so both sides hold only rounding noise there
+    scale = max(q.grad.abs().max() for q in ref.parameters())
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-10 * scale, name
 
 
-@pytest.mark.parametrize("prior,last_frame_skip,n_past,tfr", [
-    ("fixed", False, 2, 1.0), ("learned", False, 3, 1.0), ("fixed", True, 2, 1.0), ("learned", True, 3, 1.0),
-    ("fixed", False, 3, 0.0), ("learned", True, 2, 0.0)])
-def test_forward_equals_reference_loop(prior, last_frame_skip, n_past, tfr):
-    # Equal weights, equal noise (same seed and draw order: the tf draw, then one eps per step from the
-    # posterior) and BatchNorm in eval mode (batching over time changes train-mode statistics), with calibrated
-    # running stats so that eval-mode BN is not close to an identity on tiny activations. float64 so that the
-    # different summation orders of batched/split convolutions stay far below the tolerances.
-    model = tiny(prior, last_frame_skip, n_past=n_past)
+def test_batch_statistics_differ_from_the_reference_loop_in_training_mode():
+    # bn_stats "batch" normalizes over all B*T frames at once: a different training objective, equal to the
+    # reference only in eval mode (below).
+    model = tiny(bn_stats="batch").double().train()
+    ref = copy.deepcopy(model)
+    frames, cond = (x.double() for x in batch(t=6))
+    frames = frames * torch.linspace(0.2, 1.0, 6, dtype=torch.float64)[None, :, None, None, None]  # steps differ
+    torch.manual_seed(5)
+    out = model(frames, cond, beta=0.3)
+    torch.manual_seed(5)
+    assert not torch.allclose(out["mse"], reference_loss(ref, frames, cond, 0.3)["mse"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bn_stats", ["step", "batch"])
+@pytest.mark.parametrize("tf", [True, False])
+def test_forward_equals_the_reference_loop_in_eval_mode(bn_stats, tf):
+    model = tiny("learned", bn_stats=bn_stats, predictor_bn=True)
     frames, cond = batch(t=6)
     calibrate_bn(model, frames, cond)
     model, frames, cond = model.double(), frames.double(), cond.double()
     torch.manual_seed(5)
-    out = model(frames, cond, tfr=tfr, beta=0.3)
+    out = model(frames, cond, teacher_forcing=tf, beta=0.3)
     torch.manual_seed(5)
-    ref_loss, ref_mse, ref_kld = reference_loss(copy.deepcopy(model), frames, cond, 0.3, use_tf=tfr == 1.0)
-    assert torch.allclose(out["mse"], ref_mse, rtol=1e-12, atol=0)
-    assert torch.allclose(out["kld"], ref_kld, rtol=1e-12, atol=0)
-    assert torch.allclose(out["loss"], ref_loss, rtol=1e-12, atol=0)
-    # gradients agree as well
-    model.zero_grad()
-    torch.manual_seed(5)
-    model(frames, cond, tfr=tfr, beta=0.3)["loss"].backward()
-    ref_model = copy.deepcopy(model)
-    ref_model.zero_grad()
-    torch.manual_seed(5)
-    reference_loss(ref_model, frames, cond, 0.3, use_tf=tfr == 1.0)[0].backward()
-    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
-        assert (p.grad - q.grad).abs().max() <= 1e-10 * q.grad.abs().max(), name
+    expected = reference_loss(copy.deepcopy(model), frames, cond, 0.3, teacher_forcing=tf)
+    assert torch.allclose(out["loss"], expected["loss"], rtol=1e-12, atol=0)
+
+
+def test_per_step_running_statistics_average_the_steps():
+    bn = torch.nn.BatchNorm2d(3, momentum=1.0).train()
+    x = torch.randn(4 * 5, 3, 6, 6)  # 4 sequences x 5 steps, sequence-major
+    y = batch_norm(bn, x, groups=5)
+    steps = x.view(4, 5, 3, 6, 6)
+    for t in range(5):  # step t normalized on its own
+        assert torch.allclose(y.view(4, 5, 3, 6, 6)[:, t], F.batch_norm(steps[:, t], None, None, training=True),
+                              atol=1e-5)
+    assert torch.allclose(bn.running_mean, steps.mean(dim=(0, 3, 4)).mean(0), atol=1e-6)
 
 
 def moving_squares(n, t, seed=0):
@@ -195,7 +209,7 @@ def test_tiny_model_overfits_four_sequences():
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(40):
-        out = model(frames, cond, tfr=1.0, beta=1e-4)
+        out = model(frames, cond, beta=1e-4)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -210,7 +224,7 @@ def test_bf16_autocast_forward_keeps_kl_float32():
     model = tiny("learned")
     frames, cond = batch()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        out = model(frames, cond, tfr=1.0, beta=0.1)
+        out = model(frames, cond, beta=0.1)
         mu = torch.randn(B, 4, 4).bfloat16()
         logvar = torch.randn(B, 4, 4).bfloat16()
         kl = kl_divergence(mu, logvar)

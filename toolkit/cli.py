@@ -66,7 +66,7 @@ def _sweep_local(args: argparse.Namespace) -> None:
 
     extra = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
     rows = local_sweep(args.sweep, args.out, max_runs=args.max_runs, accelerate_config=args.accelerate_config,
-                       extra=extra, seed=args.seed)
+                       extra=extra, seed=args.seed, seeds=args.seeds, part=args.part)
     unfinished = [r["name"] for r in rows if r["status"] != "done"]
     if unfinished:
         print(f"error: {len(unfinished)} of {len(rows)} run(s) did not finish: {', '.join(unfinished)}",
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--accelerate-config", help="accelerate config for every run (default: cpu.yaml, or "
                                                  "gpu1_bf16.yaml with a GPU)")
     sl.add_argument("--seed", type=int, default=0, help="seed for random/bayes draws")
+    sl.add_argument("--seeds", type=int, default=0,
+                    help="run every configuration with train.seed = 1..N; the table gives mean ± 95%% CI over them")
+    sl.add_argument("--part", help="K/N: run only configurations K, K+N, ... (N runners share one --out)")
     sl.set_defaults(func=_sweep_local, accepts_overrides=True)
     return p
 

@@ -63,8 +63,15 @@ class ModelConfig:
     """`fixed`: p(z_t) = N(0, I) (SVG-FP, the reference); `learned`: Gaussian LSTM p(z_t | x_1..t-1) (SVG-LP)."""
     prior_layers: int = 1
     """LSTM layers of the learned prior (used when prior = learned)."""
-    last_frame_skip: bool = False
-    """Take decoder skips from the previous frame at every step instead of from the last context frame."""
+    skip_from: str = "reference"
+    """Which frame's encoder features the decoder's skip connections use for predicted frames: `reference`
+    (edenton/svg's code: the context frame before the last, x_{n_past-2}; x_0 when n_past = 1), `last_context`
+    (the paper's wording: x_{n_past-1}) or `previous` (the input frame of every step: `--last_frame_skip`)."""
+    predictor_bn: bool = False
+    """BatchNorm1d on the frame predictor's output before its tanh (edenton/svg has it commented out)."""
+    bn_stats: str = "step"
+    """Training-mode BatchNorm statistics of the batched encoder/decoder calls: `step` (per time step over the B
+    sequences, as the reference's per-step calls) or `batch` (one statistic over all B*T frames of a call)."""
 
 
 @dataclass
@@ -167,6 +174,8 @@ class Config:
 
 CHOICES = {
     "model.prior": ("fixed", "learned"),
+    "model.skip_from": ("reference", "last_context", "previous"),
+    "model.bn_stats": ("step", "batch"),
     "schedule.kl_anneal": ("monotonic", "cyclical", "none"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),

@@ -39,8 +39,19 @@ class EvalResult:
         return asdict(self)
 
 
-def _rank_seed(seed: int, rank: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{rank}".encode()).digest()[:8], "little") >> 1
+def sequence_noise(seed: int, key: str, sample: int, steps: int, z_dim: int) -> torch.Tensor:
+    """The standard normal noise [steps, z_dim] (float32, CPU) of sample `sample` of sequence `key`: seeded from
+    (seed, key, sample) alone, so a sequence gets the same latents on any number of ranks, at any batch size
+    and on any device."""
+    digest = hashlib.sha256(f"{seed}/{key}/{sample}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.randn(steps, z_dim, generator=generator)
+
+
+def batch_noise(model, keys: list[str], seed: int, sample: int, n_future: int) -> torch.Tensor:
+    """`sequence_noise` of each key, stacked: [B, steps, z_dim] for `model.generate`."""
+    steps = model.noise_steps(n_future)
+    return torch.stack([sequence_noise(seed, key, sample, steps, model.cfg.z_dim) for key in keys])
 
 
 @torch.no_grad()
@@ -50,15 +61,14 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
     to `keep` (key, ground truth [T,C,H,W], best prediction [n_future,C,H,W]) of its first sequences."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device=accelerator.device).manual_seed(_rank_seed(seed, accelerator.process_index))
     rows, kept = [], []
     for batch in loader:
         frames = batch.frames.to(accelerator.device, non_blocking=True)
         cond = batch.cond.to(accelerator.device, non_blocking=True)
         past, future = frames[:, :n_past], frames[:, n_past:n_past + n_future]
-        with accelerator.autocast():
-            preds = torch.stack([model.generate(past, cond, n_future, sample=True, generator=generator).float()
-                                 for _ in range(samples)])  # [N, B, n_future, C, H, W]
+        preds = torch.stack([model.generate(past, cond, n_future, batch_noise(model, batch.keys, seed, s, n_future)
+                                            .to(accelerator.device)).float()
+                             for s in range(samples)])  # [N, B, n_future, C, H, W]
         psnr = torch.stack([metrics.psnr(p, future) for p in preds])  # [N, B, n_future]
         ssim = torch.stack([metrics.ssim(p, future) for p in preds])
         best_psnr, best_index = metrics.best_of_n(psnr)

@@ -19,6 +19,7 @@ from toolkit.checkpoint import load_model
 from toolkit.data import codec
 from toolkit.data.folders import read_sequence_dir
 from toolkit.errors import DataError, ToolkitError
+from toolkit.evaluate import batch_noise
 from toolkit.fsutil import atomic_path
 from toolkit.video import compose, save_gif, save_strip, with_context
 
@@ -83,11 +84,9 @@ def predict(checkpoint: str | Path, input_path: str | Path, out: str | Path, sam
         raise ToolkitError(f"{checkpoint} conditions on {cond_dim} values per frame, {input_path} has {cond.shape[1]}")
     window = frames[None, :n_past + n_future]
     cond = cond[None, :n_past + n_future] if cond_dim else cond.new_zeros(1, n_past + n_future, 0)
-    generator = torch.Generator().manual_seed(seed)
-    panels = [window[0], with_context(window[0, :n_past], model.generate(window[:, :n_past], cond, n_future,
-                                                                           sample=False)[0])]
-    for _ in range(samples):
-        pred = model.generate(window[:, :n_past], cond, n_future, sample=True, generator=generator)
+    panels = [window[0], with_context(window[0, :n_past], model.generate(window[:, :n_past], cond, n_future)[0])]
+    for s in range(samples):  # the latents `cvae eval --seed` draws for this sequence
+        pred = model.generate(window[:, :n_past], cond, n_future, batch_noise(model, [seq_key], seed, s, n_future))
         panels.append(with_context(window[0, :n_past], pred[0]))
     out = Path(out)
     video = save_video(out, compose([panels], n_past), fps)

@@ -6,6 +6,7 @@ The KL coefficient of the loss is `beta * kl_weight(...)` (`ScheduleConfig.beta`
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from toolkit.config import CHOICES, ScheduleConfig
@@ -67,3 +68,16 @@ def schedule_values(cfg: ScheduleConfig, epoch: int, step_in_epoch: int, steps_p
         t, total = epoch, epochs
     w = kl_weight(t, total, cfg.kl_anneal, cfg.kl_anneal_cycle, cfg.kl_anneal_ratio)
     return tfr, cfg.beta * w
+
+
+def unit_draw(*parts) -> float:
+    """A number in [0, 1) that depends only on `parts` (sha256 of their repr): the same on every rank, in
+    every run and on every machine."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:7], "little") / 2.0 ** 56
+
+
+def teacher_forcing_on(seed: int, step: int, tfr: float) -> bool:
+    """Whether optimizer step `step` (0-based; all its micro-batches) feeds ground-truth frames: one decision
+    per global step from (seed, step), so every rank decides alike and a resumed run decides as before."""
+    return unit_draw("teacher_forcing", seed, step) < tfr

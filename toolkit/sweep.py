@@ -28,6 +28,7 @@ from toolkit.config import flat_keys, unknown_key
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import atomic_write_text
 from toolkit.plots import plot
+from toolkit.stats import mean_ci95
 from toolkit.tracking import read_metrics
 
 MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_json}",
@@ -84,15 +85,21 @@ def _draw(spec: dict, rng: random.Random):
     raise ToolkitError(f"distribution '{kind}' is not supported locally (use uniform, log_uniform_values, int_uniform)")
 
 
-def configurations(sweep: dict, max_runs: int | None = None, seed: int = 0) -> list[dict]:
-    """Grid: every combination (up to max_runs); random/bayes: max_runs (default 10) random draws."""
-    params = sweep["parameters"]
+SEED = "train.seed"
+
+
+def configurations(sweep: dict, max_runs: int | None = None, seed: int = 0, seeds: int = 0) -> list[dict]:
+    """Grid: every combination (up to max_runs); random/bayes: max_runs (default 10) random draws. With `seeds`
+    = N > 0, every configuration runs with train.seed = 1..N (replacing a train.seed parameter)."""
+    params = {k: v for k, v in sweep["parameters"].items() if not (seeds and k == SEED)}
     if sweep["method"] == "grid":
         axes = [[(k, v) for v in spec.get("values", [spec.get("value")])] for k, spec in params.items()]
         combos = [dict(c) for c in itertools.product(*axes)]
-        return combos[:max_runs] if max_runs else combos
-    rng = random.Random(seed)
-    return [{k: _draw(spec, rng) for k, spec in params.items()} for _ in range(max_runs or 10)]
+        combos = combos[:max_runs] if max_runs else combos
+    else:
+        rng = random.Random(seed)
+        combos = [{k: _draw(spec, rng) for k, spec in params.items()} for _ in range(max_runs or 10)]
+    return [{**c, SEED: s} for c in combos for s in range(1, seeds + 1)] if seeds else combos
 
 
 def agent_args(config: dict) -> list[str]:
@@ -122,26 +129,55 @@ def summarize_run(run_dir: Path) -> dict:
             "final_ssim": val[-1]["ssim"], "baseline_psnr": val[-1]["baseline_psnr"], "epochs": val[-1]["epoch"] + 1}
 
 
-def _cell(value, column: str) -> str:
-    """A Markdown cell: PSNR in dB to 2 decimals, SSIM to 3."""
-    if isinstance(value, float) and not math.isnan(value):
-        return f"{value:.3f}" if column.endswith("ssim") else f"{value:.2f}"
-    return "" if value is None else str(value)
+def _group(rows: list[dict], params: list[str]) -> list[tuple[dict, list[dict]]]:
+    """Runs grouped by configuration (every parameter but train.seed), in first-seen order."""
+    groups: dict[tuple, tuple[dict, list[dict]]] = {}
+    for r in rows:
+        config = {p: r["config"][p] for p in params if p != SEED}
+        groups.setdefault(tuple(map(str, config.values())), (config, []))[1].append(r)
+    return list(groups.values())
+
+
+def _ci_cell(stats: tuple[float, float, int], digits: int) -> str:
+    mean, half, n = stats
+    if n == 0:
+        return ""
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if n > 1 else "")
+
+
+COLUMNS = [("best_psnr", "best val PSNR", 2), ("final_psnr", "final val PSNR", 2), ("final_ssim", "final SSIM", 3),
+           ("baseline_psnr", "copy-last PSNR", 2)]
 
 
 def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
-    """(Markdown, CSV) of the per-configuration results, best validation PSNR first column after params."""
+    """(Markdown, CSV) with one row per configuration: mean ± 95% CI (Student t over the finished seeds) of the
+    best and final validation PSNR and the final SSIM, the copy-last baseline, n finished runs and the status."""
+    names = [p for p in params if p != SEED]
+    md = ["| " + " | ".join([p.split(".")[-1] for p in names] + [t for _, t, _ in COLUMNS] + ["n", "status"]) + " |",
+          "|" + "---|" * (len(names) + len(COLUMNS) + 2)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(names + [f"{c}_{x}" for c, _, _ in COLUMNS for x in ("mean", "ci95")] + ["n", "runs", "status"])
+    for config, runs in _group(rows, params):
+        done = [r for r in runs if r["status"] == "done"]
+        stats = {c: mean_ci95([r[c] for r in done]) for c, _, _ in COLUMNS}
+        status = "done" if len(done) == len(runs) else ", ".join(sorted({r["status"] for r in runs} - {"done"}))
+        md.append("| " + " | ".join([str(config[p]) for p in names] + [_ci_cell(stats[c], d) for c, _, d in COLUMNS]
+                                    + [str(len(done)), status]) + " |")
+        writer.writerow([config[p] for p in names] + [v for c, _, _ in COLUMNS for v in stats[c][:2]]
+                        + [len(done), " ".join(r["name"] for r in runs), status])
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def runs_csv(rows: list[dict], params: list[str]) -> str:
+    """One row per run: its parameters and results."""
     cols = ["best_psnr", "best_epoch", "final_psnr", "final_ssim", "baseline_psnr", "status"]
-    names = [p.split(".")[-1] for p in params]
-    md = ["| " + " | ".join(names + ["best val PSNR", "at epoch", "final val PSNR", "final SSIM", "copy-last PSNR",
-                                     "status"]) + " |", "|" + "---|" * (len(names) + len(cols))]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["run"] + params + cols)
     for r in rows:
-        md.append("| " + " | ".join([str(r["config"][p]) for p in params] + [_cell(r.get(c), c) for c in cols]) + " |")
-        writer.writerow([r["name"]] + [r["config"][p] for p in params] + [r.get(c, "") for c in cols])
-    return "\n".join(md) + "\n", buf.getvalue()
+        writer.writerow([r["name"]] + [r["config"].get(p, "") for p in params] + [r.get(c, "") for c in cols])
+    return buf.getvalue()
 
 
 def _free_port() -> int:
@@ -150,33 +186,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def parse_part(part: str | None) -> tuple[int, int]:
+    """`K/N` -> (K - 1, N): this runner takes runs K, K + N, ... (1-based); None -> (0, 1)."""
+    if not part:
+        return 0, 1
+    try:
+        k, n = (int(x) for x in part.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise ToolkitError(f"--part must be K/N with 1 <= K <= N, got {part!r}")
+    return k - 1, n
+
+
 def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, accelerate_config: str | None = None,
-                extra: list[str] | None = None, seed: int = 0) -> list[dict]:
-    """Run the sweep's configurations sequentially with `accelerate launch`; write the results table + plots."""
+                extra: list[str] | None = None, seed: int = 0, seeds: int = 0, part: str | None = None) -> list[dict]:
+    """Run the sweep's configurations sequentially with `accelerate launch`; write the results table + plots.
+
+    `part` K/N runs only every N-th configuration (from the K-th), so N runners (one per GPU, say) share a
+    sweep; finished runs of the others are read back, so the table covers whatever has finished."""
     sweep = load_sweep(path)
     recipe, fixed = recipe_and_args(sweep, path)
+    index, parts = parse_part(part)
+    if seeds < 0:
+        raise ToolkitError(f"--seeds must be >= 0, got {seeds}")
     accel = accelerate_config or ("recipes/accelerate/gpu1_bf16.yaml" if torch.cuda.is_available()
                                   else "recipes/accelerate/cpu.yaml")
     out = Path(out)
     rows = []
-    for config in configurations(sweep, max_runs, seed):
+    for i, config in enumerate(configurations(sweep, max_runs, seed, seeds)):
         name = run_name(config)
         run_dir = out / name
-        if not _ended(read_metrics(run_dir, "final")):
+        mine = i % parts == index
+        if mine and not _ended(read_metrics(run_dir, "final")):
             cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", accel,
                    "--main_process_port", str(_free_port()), "-m", "toolkit", "train", recipe, *fixed,
                    *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
                    "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
-            print(f"[{len(rows) + 1}] {name}", flush=True)
+            print(f"[{i + 1}] {name}", flush=True)
             if subprocess.run(cmd).returncode != 0:
-                print(f"[{len(rows) + 1}] {name}: failed (see the output above)", flush=True)
-        rows.append({"name": name, "config": config, "run_dir": str(run_dir), **summarize_run(run_dir)})
-    md, table = results_table(rows, list(sweep["parameters"]))
+                print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
+        summary = summarize_run(run_dir)
+        if not mine and summary["status"] == "failed" and not run_dir.exists():
+            summary["status"] = "pending"  # another part's run, not started yet
+        rows.append({"name": name, "config": config, "run_dir": str(run_dir), "mine": mine, **summary})
+    params = list(sweep["parameters"]) + ([SEED] if seeds and SEED not in sweep["parameters"] else [])
+    md, table = results_table(rows, params)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.md", md)
     atomic_write_text(out / "results.csv", table)
+    atomic_write_text(out / "runs.csv", runs_csv(rows, params))
     finished = [r["run_dir"] for r in rows if "best_psnr" in r]
     if finished:
         plot(finished, out)
-    print(md + f"wrote {out / 'results.md'} and {out / 'results.csv'}")
-    return rows
+    print(md + f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'runs.csv'}")
+    return [r for r in rows if r["mine"]]

@@ -30,7 +30,7 @@ from toolkit.errors import ToolkitError
 from toolkit.evaluate import EvalResult, broadcast_buffers, evaluate
 from toolkit.fsutil import atomic_write_text
 from toolkit.model import SVG
-from toolkit.schedules import schedule_values
+from toolkit.schedules import schedule_values, teacher_forcing_on
 from toolkit.tracking import (MetricsLog, init_wandb, new_run_id, read_metrics, resolve_wandb_mode, store_run_id,
                               stored_run_id)
 from toolkit.video import compose, save_gif, with_context
@@ -151,8 +151,9 @@ def train(cfg: Config) -> dict:
                 batch = next(batches)
                 tfr, beta = schedule_values(cfg.schedule, epoch, i // cfg.optim.grad_accum, steps_per_epoch,
                                             cfg.train.epochs)
+                use_tf = teacher_forcing_on(cfg.train.seed, state.global_step, tfr)
                 with accelerator.accumulate(model):
-                    out = model(batch.frames.to(accelerator.device), batch.cond.to(accelerator.device), tfr, beta)
+                    out = model(batch.frames.to(accelerator.device), batch.cond.to(accelerator.device), use_tf, beta)
                     loss = out["loss"].detach()
                     stats = torch.stack([loss, out["mse"].detach(), out["kld"].detach(), ~torch.isfinite(loss),
                                          torch.tensor(stop.signum != 0, device=loss.device)]).double()

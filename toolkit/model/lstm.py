@@ -27,14 +27,19 @@ def _run_cells(cells: nn.ModuleList, h_in: torch.Tensor, state: State | None) ->
 
 
 class LSTM(nn.Module):
-    """Deterministic frame predictor: Linear embed -> stacked LSTMCells -> Linear + BatchNorm1d + Tanh."""
+    """Deterministic frame predictor: Linear embed -> stacked LSTMCells -> Linear (+ BatchNorm1d) + Tanh.
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int) -> None:
+    edenton/svg's `lstm` has the BatchNorm1d commented out; `batch_norm=True` puts it back.
+    """
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int,
+                 batch_norm: bool = False) -> None:
         super().__init__()
         self.input_size = input_size
         self.embed = nn.Linear(input_size, hidden_size)
         self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers)])
-        self.output = nn.Sequential(nn.Linear(hidden_size, output_size), nn.BatchNorm1d(output_size), nn.Tanh())
+        norm = [nn.BatchNorm1d(output_size)] if batch_norm else []
+        self.output = nn.Sequential(nn.Linear(hidden_size, output_size), *norm, nn.Tanh())
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """One step: x [B, input_size] -> (out [B, output_size], new state)."""
@@ -53,17 +58,17 @@ class GaussianLSTM(nn.Module):
         self.mu_net = nn.Linear(hidden_size, output_size)
         self.logvar_net = nn.Linear(hidden_size, output_size)
 
-    def forward(self, x: torch.Tensor, state: State | None = None, generator: torch.Generator | None = None,
+    def forward(self, x: torch.Tensor, state: State | None = None, eps: torch.Tensor | None = None,
                 sample: bool = True) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], State]:
         """One step: x [B, input_size] -> ((z, mu, logvar) each [B, output_size], new state).
 
-        z = mu + eps * exp(0.5 * logvar) with eps ~ N(0, I) drawn from `generator` (the device's default
-        generator when None); with `sample=False`, z = mu and no random numbers are drawn.
+        z = mu + eps * exp(0.5 * logvar) with the given standard normal noise eps [B, output_size], or noise
+        drawn from the default generator when eps is None; with `sample=False`, z = mu and nothing is drawn.
         """
         h, state = _run_cells(self.lstm, self.embed(x.reshape(-1, self.input_size)), state)
         mu = self.mu_net(h)
         logvar = self.logvar_net(h)
         if not sample:
             return (mu, mu, logvar), state
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
         return (mu + eps * torch.exp(0.5 * logvar), mu, logvar), state

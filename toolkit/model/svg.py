@@ -3,10 +3,9 @@
 Notation: frames x_0..x_{T-1}; step i (1 <= i <= T-1) predicts x_i from the input frame x_{i-1}, the latent z_i
 and the conditioning row cond_{i-1} (actions[i-1] takes frame i-1 to frame i). The predictor sees
 cat(h_{i-1}, z_i, cond_{i-1}) where h = enc(frame). Decoder skips come from the input frame while it is a context
-frame (i <= n_past) and from the last context frame x_{n_past-1} for every predicted step after that (or from
-the previous frame at every step with `last_frame_skip`). Note: edenton/svg's code updates the skips only while
-i < n_past, so its predictions take skips from x_{n_past-2} (x_0 for n_past = 2), one frame older than the
-paper's "last ground truth frame"; this toolkit uses the last context frame, as the paper describes.
+frame (i <= n_past - 1, as edenton/svg's `i < n_past`) and then, per `model.skip_from`, from x_{n_past-2} (the
+reference code's choice), from the last context frame x_{n_past-1} (the paper's wording) or from the input frame
+of every step (`previous`, the reference's --last_frame_skip).
 """
 
 from __future__ import annotations
@@ -48,14 +47,18 @@ class SVG(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cond_dim: int, n_past: int, channels: int = 3) -> None:
         super().__init__()
-        if cfg.prior not in ("fixed", "learned"):
-            raise ConfigError(f"model: 'model.prior' must be fixed or learned, got {cfg.prior!r}")
+        for key, choices in (("prior", ("fixed", "learned")), ("skip_from", ("reference", "last_context", "previous")),
+                             ("bn_stats", ("step", "batch"))):
+            if getattr(cfg, key) not in choices:
+                raise ConfigError(f"model: 'model.{key}' must be one of {', '.join(choices)}, got "
+                                  f"{getattr(cfg, key)!r}")
         if n_past < 1 or cond_dim < 0:
             raise ConfigError(f"model: n_past must be >= 1 and cond_dim >= 0, got {n_past} and {cond_dim}")
         self.cfg, self.cond_dim, self.n_past, self.channels = cfg, cond_dim, n_past, channels
         self.encoder = Encoder(cfg.g_dim, channels, cfg.width)
         self.decoder = Decoder(cfg.g_dim, channels, cfg.width)
-        self.predictor = LSTM(cfg.g_dim + cfg.z_dim + cond_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
+        self.predictor = LSTM(cfg.g_dim + cfg.z_dim + cond_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers,
+                              batch_norm=cfg.predictor_bn)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_layers)
                       if cfg.prior == "learned" else None)
@@ -67,41 +70,42 @@ class SVG(nn.Module):
 
     def skip_source(self, i: int) -> int:
         """Index of the frame whose encoder skips the decoder uses at step i (see the module docstring)."""
-        if self.cfg.last_frame_skip:
+        if self.cfg.skip_from == "previous" or i < self.n_past:
             return i - 1
-        return min(i - 1, self.n_past - 1)
+        return self.n_past - 1 if self.cfg.skip_from == "last_context" else max(self.n_past - 2, 0)
 
-    def forward(self, frames: torch.Tensor, cond: torch.Tensor, tfr: float = 1.0,
+    def forward(self, frames: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 beta: float = 1.0) -> dict[str, torch.Tensor]:
         """Training loss of one batch: frames [B, T, C, H, W] in [0, 1], cond [B, T, D] (D may be 0).
 
         Returns {"loss", "mse", "kld"} (0-dim). As in the reference training loop, `mse` is the SUM over the
         T-1 steps of the per-step pixel mean squared error (nn.MSELoss) and `kld` the SUM over steps of the KL
         summed over z dims and batch divided by the batch size; loss = mse + beta * kld. Divide by T-1 for
-        per-frame figures. The KL is computed in float32 with autocast disabled.
+        per-frame figures. The KL is computed in float32 with autocast disabled. The posterior's noise comes
+        from the default generator.
 
-        Teacher forcing: one decision per batch, `torch.rand(()) < tfr` (global torch RNG). When on, inputs are
-        the ground-truth frames; all T frames are encoded in ONE encoder call on [B*T, C, H, W], the LSTMs run
-        step by step, and all T-1 predictions are decoded in ONE decoder call (a skip frame shared by several
-        steps goes through the skip half of each decoder block's first convolution once). When off, inputs after
-        the context are the model's own (non-detached) previous predictions, encoded and decoded step by step
-        (targets are still encoded in one call). Consequence of the batching: in train mode the encoder's (and,
-        with teacher forcing, the decoder's) BatchNorm statistics span B*T (B*(T-1)) samples instead of the
-        reference's B per call. The predictor's BatchNorm1d still sees B per step, as in the reference.
+        `teacher_forcing` (decided by the caller, one decision per batch): inputs are the ground-truth frames;
+        all T frames are encoded in ONE encoder call on [B*T, C, H, W], the LSTMs run step by step, and all T-1
+        predictions are decoded in ONE decoder call (a skip frame shared by several steps goes through the skip
+        half of each decoder block's first convolution once). Without it, inputs after the context are the
+        model's own (non-detached) previous predictions, encoded and decoded step by step (targets are still
+        encoded in one call). With `model.bn_stats: step` the batched calls normalize each time step over its B
+        sequences, exactly as the reference's per-step calls do in training mode; with `batch` the statistics
+        span all B*T (B*(T-1)) frames of the call.
         """
         B, T, C, H, W = frames.shape
         if T < 2 or cond.shape[:2] != (B, T) or cond.shape[2] != self.cond_dim:
             raise ValueError(f"SVG.forward: need frames [B, T>=2, C, H, W] and cond [B, T, {self.cond_dim}], "
                              f"got {tuple(frames.shape)} and {tuple(cond.shape)}")
-        use_tf = bool(torch.rand(()) < tfr)
-        h_all, skips_all = self.encoder(frames.reshape(B * T, C, H, W))
+        per_step = self.cfg.bn_stats == "step"
+        h_all, skips_all = self.encoder(frames.reshape(B * T, C, H, W), groups=T if per_step else 1)
         h_all = h_all.view(B, T, -1)
         skips_all = [s.view(B, T, *s.shape[1:]) for s in skips_all]
         post_state = prior_state = pred_state = None
         mus, logvars, prior_mus, prior_logvars, preds = [], [], [], [], []
         x_prev = None
         for i in range(1, T):
-            if use_tf or i - 1 < self.n_past:
+            if teacher_forcing or i - 1 < self.n_past:
                 h_in, skips_in = h_all[:, i - 1], [s[:, i - 1] for s in skips_all]
             else:
                 h_in, skips_in = self.encoder(x_prev)
@@ -113,15 +117,15 @@ class SVG(nn.Module):
             h_pred, pred_state = self.predictor(torch.cat([h_in, z, cond[:, i - 1].to(h_in.dtype)], 1), pred_state)
             mus.append(mu)
             logvars.append(logvar)
-            if use_tf:
+            if teacher_forcing:
                 preds.append(h_pred)
             else:
                 j = self.skip_source(i)
                 skips = skips_in if j == i - 1 else [s[:, j] for s in skips_all]
                 x_prev = self.decoder(h_pred, skips)
                 preds.append(x_prev)
-        if use_tf:
-            x_pred = self._decode_batched(torch.stack(preds, 1), skips_all)
+        if teacher_forcing:
+            x_pred = self._decode_batched(torch.stack(preds, 1), skips_all, per_step)
         else:
             x_pred = torch.stack(preds, 1)
         mse = (_at_least_float32(x_pred) - _at_least_float32(frames[:, 1:])).pow(2).mean(dim=(0, 2, 3, 4)).sum()
@@ -132,63 +136,71 @@ class SVG(nn.Module):
             kld = kl_divergence(mu, logvar, torch.stack(prior_mus, 1), torch.stack(prior_logvars, 1))
         return {"loss": mse + beta * kld, "mse": mse, "kld": kld}
 
-    def _decode_batched(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor]) -> torch.Tensor:
+    def _decode_batched(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], per_step: bool) -> torch.Tensor:
         """Decode h_pred [B, T-1, g_dim] (step i at position i-1) in one decoder call -> [B, T-1, C, H, W].
 
-        Skips come from frames `skip_source(i)`; when several steps share a skip frame (no last_frame_skip),
-        only the distinct frames are passed and the decoder maps rows to them with a skip index.
+        Skips come from frames `skip_source(i)`; when several steps share a skip frame, only the distinct frames
+        are passed and the decoder maps rows to them with a skip index.
         """
         B, steps = h_pred.shape[:2]
         idx = [self.skip_source(i) for i in range(1, steps + 1)]
         frames = sorted(set(idx))
         h = h_pred.reshape(B * steps, -1)
+        groups = steps if per_step else 1
         if len(frames) == steps:
             skips = [s[:, idx].flatten(0, 1) for s in skips_all]
-            x = self.decoder(h, skips)
+            x = self.decoder(h, skips, groups=groups)
         else:
             pos = torch.tensor([frames.index(j) for j in idx], device=h.device)
             skip_index = (torch.arange(B, device=h.device)[:, None] * len(frames) + pos).flatten()
-            x = self.decoder(h, [s[:, frames].flatten(0, 1) for s in skips_all], skip_index)
+            x = self.decoder(h, [s[:, frames].flatten(0, 1) for s in skips_all], skip_index, groups=groups)
         return x.view(B, steps, *x.shape[1:])
 
+    def noise_steps(self, n_future: int) -> int:
+        """Rows of `generate`'s noise: one z per step, steps 1 .. n_past + n_future - 1."""
+        return self.n_past + n_future - 1
+
     @torch.no_grad()
-    def generate(self, past: torch.Tensor, cond: torch.Tensor, n_future: int, sample: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, past: torch.Tensor, cond: torch.Tensor, n_future: int,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """Predict n_future frames after past [B, n_past, C, H, W]; returns [B, n_future, C, H, W].
 
         cond [B, >= n_past + n_future - 1, D]. Like the reference's `plot`/`pred`: during the context steps the
-        posterior sees the true next context frame (warming its state; its mean when `sample=False`) and the
-        input stays ground truth; afterwards z comes from the prior (N(0, I) for the fixed prior, the learned
-        prior's Gaussian otherwise), or its mean when `sample=False`, and each prediction is fed back as the
-        next input. Random numbers come from `generator` (on the model's device) or the default generator.
-        Does not change train/eval mode: call `.eval()` first for inference.
+        posterior sees the true next context frame (warming its state) and the input stays ground truth;
+        afterwards z comes from the prior (N(0, I) for the fixed prior, the learned prior's Gaussian otherwise)
+        and each prediction is fed back as the next input. `noise` [B, noise_steps(n_future), z_dim] holds the
+        standard normal draws of steps 1.. (row i-1 for step i), so the caller decides where randomness comes
+        from; `noise=None` uses every Gaussian's mean instead. Does not change train/eval mode: call `.eval()`
+        first for inference.
         """
         B, n_past = past.shape[:2]
-        if n_past != self.n_past or cond.shape[0] != B or cond.shape[1] < n_past + n_future - 1 \
-                or cond.shape[2] != self.cond_dim or n_future < 1:
-            raise ValueError(f"SVG.generate: need past [B, {self.n_past}, C, H, W], cond [B, >= "
-                             f"{self.n_past + n_future - 1}, {self.cond_dim}] and n_future >= 1, got "
-                             f"{tuple(past.shape)}, {tuple(cond.shape)} and {n_future}")
+        steps = self.noise_steps(n_future)
+        if n_past != self.n_past or cond.shape[0] != B or cond.shape[1] < steps or cond.shape[2] != self.cond_dim \
+                or n_future < 1 or (noise is not None and tuple(noise.shape) != (B, steps, self.cfg.z_dim)):
+            raise ValueError(f"SVG.generate: need past [B, {self.n_past}, C, H, W], cond [B, >= {steps}, "
+                             f"{self.cond_dim}], noise [B, {steps}, {self.cfg.z_dim}] and n_future >= 1, got "
+                             f"{tuple(past.shape)}, {tuple(cond.shape)}, "
+                             f"{None if noise is None else tuple(noise.shape)} and {n_future}")
+        sample = noise is not None
         h_past, skips_past = self.encoder(past.flatten(0, 1))
         h_past = h_past.view(B, n_past, -1)
         skips_past = [s.view(B, n_past, *s.shape[1:]) for s in skips_past]
         post_state = prior_state = pred_state = None
         out, x_prev = [], None
         for i in range(1, n_past + n_future):
+            eps = noise[:, i - 1].to(past.device) if sample else None
             if i - 1 < n_past:
                 h_in, skips_in = h_past[:, i - 1], [s[:, i - 1] for s in skips_past]
             else:
                 h_in, skips_in = self.encoder(x_prev)
             if i < n_past:
-                (z, _, _), post_state = self.posterior(h_past[:, i], post_state, generator, sample)
+                (z, _, _), post_state = self.posterior(h_past[:, i], post_state, eps, sample)
                 if self.prior is not None:
                     _, prior_state = self.prior(h_in, prior_state, sample=False)
             elif self.prior is not None:
-                (z, _, _), prior_state = self.prior(h_in, prior_state, generator, sample)
-            elif sample:
-                z = torch.randn((B, self.cfg.z_dim), generator=generator, device=h_in.device, dtype=h_in.dtype)
+                (z, _, _), prior_state = self.prior(h_in, prior_state, eps, sample)
             else:
-                z = h_in.new_zeros(B, self.cfg.z_dim)
+                z = eps.to(h_in.dtype) if sample else h_in.new_zeros(B, self.cfg.z_dim)
             h_pred, pred_state = self.predictor(torch.cat([h_in, z, cond[:, i - 1].to(h_in.dtype)], 1), pred_state)
             if i >= n_past:
                 j = self.skip_source(i)

@@ -32,6 +32,44 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """`bn(x)`, except that in training mode with groups > 1 the statistics are taken per group: row r of
+    x [N, C, H, W] belongs to group r % groups (rows ordered sequence-major, time-minor, as `frames.flatten(0, 1)`
+    gives), so each time step is normalized over its own N / groups sequences, as if it were a call of its own.
+
+    The grouped statistics come from one BatchNorm over x viewed as [N / groups, groups * C, H, W] (channel
+    t * C + c is channel c of group t) with the affine weights repeated per group; the running statistics move
+    towards the mean over groups of the per-group statistics (one update per call, momentum as `bn`'s).
+    """
+    if groups == 1 or not bn.training:
+        return bn(x)
+    n, c = x.shape[:2]
+    grouped = x.reshape(n // groups, groups * c, *x.shape[2:])
+    y = F.batch_norm(grouped, None, None, bn.weight.repeat(groups), bn.bias.repeat(groups), True, 0.0, bn.eps)
+    if bn.track_running_stats:
+        with torch.no_grad():
+            dims = [0] + list(range(2, grouped.dim()))
+            mean = grouped.mean(dims).view(groups, c).mean(0)
+            var = grouped.var(dims, unbiased=True).view(groups, c).mean(0)
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
+    return y.view_as(x)
+
+
+def run_layers(layers: nn.Sequential, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Apply a Sequential (nested Sequentials included) with `batch_norm` grouping for its BatchNorm2d layers."""
+    for layer in layers:
+        if isinstance(layer, nn.Sequential):
+            x = run_layers(layer, x, groups)
+        elif isinstance(layer, nn.BatchNorm2d):
+            x = batch_norm(layer, x, groups)
+        else:
+            x = layer(x)
+    return x
+
+
 class VGGLayer(nn.Sequential):
     """Conv 3x3 (stride 1, pad 1) + BatchNorm2d + LeakyReLU(0.2)."""
 
@@ -53,12 +91,13 @@ class Encoder(nn.Module):
         self.c5 = nn.Sequential(nn.Conv2d(c4, g_dim, 4, 1, 0), nn.BatchNorm2d(g_dim), nn.Tanh())  # 4 -> 1
         self.mp = nn.MaxPool2d(kernel_size=2, stride=2, padding=0)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h1 = self.c1(x)
-        h2 = self.c2(self.mp(h1))
-        h3 = self.c3(self.mp(h2))
-        h4 = self.c4(self.mp(h3))
-        h5 = self.c5(self.mp(h4))
+    def forward(self, x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`groups` > 1: x holds `groups` frames per sequence, BatchNorm statistics per frame (`batch_norm`)."""
+        h1 = run_layers(self.c1, x, groups)
+        h2 = run_layers(self.c2, self.mp(h1), groups)
+        h3 = run_layers(self.c3, self.mp(h2), groups)
+        h4 = run_layers(self.c4, self.mp(h3), groups)
+        h5 = run_layers(self.c5, self.mp(h4), groups)
         return h5.reshape(-1, self.g_dim), [h1, h2, h3, h4]
 
 
@@ -77,23 +116,24 @@ class Decoder(nn.Module):
         self.upc5 = nn.Sequential(VGGLayer(c1 * 2, c1), nn.ConvTranspose2d(c1, channels, 3, 1, 1), nn.Sigmoid())
         self.up = nn.UpsamplingNearest2d(scale_factor=2)
 
-    def forward(self, h: torch.Tensor, skips: list[torch.Tensor],
-                skip_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, skips: list[torch.Tensor], skip_index: torch.Tensor | None = None,
+                groups: int = 1) -> torch.Tensor:
         """Decode h [N, g_dim] with skips [N, ...] (the reference), or, given `skip_index` [N], with skips
         [M, ...] where row n uses skip row skip_index[n]: the skip half of each block's first convolution then
-        runs once per distinct skip (M rows) instead of once per output (the same result, less work)."""
-        d = self.upc1(h.reshape(-1, self.g_dim, 1, 1))
+        runs once per distinct skip (M rows) instead of once per output (the same result, less work).
+        `groups` > 1: BatchNorm statistics per time step, as in `Encoder.forward`."""
+        d = run_layers(self.upc1, h.reshape(-1, self.g_dim, 1, 1), groups)
         for block, skip in zip((self.upc2, self.upc3, self.upc4, self.upc5), skips[::-1]):
-            d = self._block(block, self.up(d), skip, skip_index)
+            d = self._block(block, self.up(d), skip, skip_index, groups)
         return d
 
     @staticmethod
-    def _block(block: nn.Sequential, up: torch.Tensor, skip: torch.Tensor,
-               skip_index: torch.Tensor | None) -> torch.Tensor:
+    def _block(block: nn.Sequential, up: torch.Tensor, skip: torch.Tensor, skip_index: torch.Tensor | None,
+               groups: int) -> torch.Tensor:
         if skip_index is None:
-            return block(torch.cat([up, skip], 1))
+            return run_layers(block, torch.cat([up, skip], 1), groups)
         conv, bn, act = block[0]  # conv(cat(up, skip)) = conv_up(up) + conv_skip(skip), by input channel
         n = up.shape[1]
         y = F.conv2d(up, conv.weight[:, :n], conv.bias, padding=1)
         y = y + F.conv2d(skip, conv.weight[:, n:], None, padding=1)[skip_index]
-        return block[1:](act(bn(y)))
+        return run_layers(block[1:], act(batch_norm(bn, y, groups)), groups)

@@ -1,0 +1,72 @@
+"""A straight port of the reference training step (edenton/svg `train_svg_fp.py` / `train_svg_lp.py`, with the
+lab's teacher forcing and the per-frame conditioning concatenated to the predictor input).
+
+It runs on an `SVG`'s own modules, one time step at a time, exactly as the reference loop does: the encoder is
+called twice per step (input frame and target frame, B frames each), the decoder once per step, and the decoder
+skips are updated while `i < n_past` (or at every step with `skip_from: previous`, the reference's
+--last_frame_skip), so they come from x_{n_past-2} afterwards. BatchNorm therefore always sees B frames per
+call. The port is the yardstick of `tests/test_model.py` (the batched `SVG.forward` must give the same loss and
+gradients), `benchmarks/step.py` (time per step) and `benchmarks/parity.py` (quality at equal steps); build the
+model with `skip_from: reference` and `predictor_bn: false` for edenton/svg's architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.model.svg import SVG
+
+
+def reference_loss(model: SVG, frames: torch.Tensor, cond: torch.Tensor, beta: float,
+                   teacher_forcing: bool = True) -> dict[str, torch.Tensor]:
+    """The reference's loss of one batch: frames [B, T, C, H, W], cond [B, T, D] -> {"loss", "mse", "kld"}.
+
+    mse is the sum over steps of `nn.MSELoss` per step, kld the sum over steps of the KL summed over z and
+    divided by the batch size (`kl_criterion`); the posterior draws its noise from the default generator.
+    """
+    if model.cfg.skip_from == "last_context":
+        raise ValueError("the reference loop has no `last_context` skips (use reference or previous)")
+    n_past, batch_size = model.n_past, frames.shape[0]
+    post = prior = pred = skip = None
+    mse, kld = 0.0, 0.0
+    x_in = frames[:, 0]
+    for i in range(1, frames.shape[1]):
+        h_target = model.encoder(frames[:, i])[0]
+        if model.cfg.skip_from == "previous" or i < n_past:
+            h, skip = model.encoder(x_in)
+        else:
+            h = model.encoder(x_in)[0]
+        (z_t, mu, logvar), post = model.posterior(h_target, post)
+        h_pred, pred = model.predictor(torch.cat([h, z_t, cond[:, i - 1]], 1), pred)
+        x_pred = model.decoder(h_pred, skip)
+        mse = mse + F.mse_loss(x_pred, frames[:, i])
+        if model.prior is None:
+            kld = kld - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch_size
+        else:
+            (_, mu2, logvar2), prior = model.prior(h, prior, sample=False)
+            s1, s2 = logvar.mul(0.5).exp(), logvar2.mul(0.5).exp()
+            kl = torch.log(s2 / s1) + (torch.exp(logvar) + (mu - mu2) ** 2) / (2 * torch.exp(logvar2)) - 1 / 2
+            kld = kld + kl.sum() / batch_size
+        x_in = frames[:, i] if teacher_forcing or i < n_past else x_pred
+    return {"loss": mse + beta * kld, "mse": mse, "kld": kld}
+
+
+def reference_optimizers(model: SVG, lr: float, betas: tuple[float, float]) -> list[torch.optim.Optimizer]:
+    """One Adam per module, as the reference builds them (the same update as one Adam over all parameters)."""
+    modules = [model.predictor, model.posterior, model.encoder, model.decoder]
+    if model.prior is not None:
+        modules.append(model.prior)
+    return [torch.optim.Adam(m.parameters(), lr=lr, betas=betas) for m in modules]
+
+
+def reference_step(model: SVG, optimizers: list[torch.optim.Optimizer], frames: torch.Tensor, cond: torch.Tensor,
+                   beta: float, teacher_forcing: bool = True) -> dict[str, torch.Tensor]:
+    """One training step of the reference: zero grads, loss, backward, every optimizer steps."""
+    for opt in optimizers:
+        opt.zero_grad()
+    out = reference_loss(model, frames, cond, beta, teacher_forcing)
+    out["loss"].backward()
+    for opt in optimizers:
+        opt.step()
+    return out
