@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit.data.folders import list_sequence_dirs
+from toolkit.data.sources.folders import list_sequence_dirs
 from toolkit.data.loader import eval_loader, train_loader
-from toolkit.data.shards import convert
-from toolkit.data.synth import generate_dataset
+from toolkit.data.shards.convert import convert
+from toolkit.data.worlds.synth import generate_dataset
 
 BATCH = 12
 

@@ -1,7 +1,7 @@
 """Training-step time of `SVG` vs a straight port of the reference loop (github.com/edenton/svg train_svg_fp.py).
 
 One step = forward + backward + Adam step, teacher forcing on, batch 12, T = 12, n_past 2, cond 7, CPU.
-The reference port uses the same encoder/decoder/predictor/posterior modules (a copy with the same weights), resets
+The reference port (`toolkit.model.reference`) runs a copy of the same modules with the same weights, resets
 the hidden state per batch and loops over steps in Python, encoding the input and the target frame at every step
 (two encoder calls) and decoding each step separately, with one Adam per module as in the reference.
 Runs alternate side by side in one process (warmup, then rounds x steps each, order swapped every round) and the
@@ -20,43 +20,16 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from toolkit.config import ModelConfig
 from toolkit.model import SVG
+from toolkit.model.reference import reference_optimizers, reference_step
 
 CONFIGS = {
     "tiny": dict(width=0.125, g_dim=32, z_dim=8, rnn_size=64),
     "full": dict(),  # the reference defaults: width 1, g_dim 128, z_dim 64, rnn_size 256
 }
 DEFAULT_SCHEDULE = {"tiny": (5, 3, 2), "full": (3, 1, 1)}  # rounds, steps, warmup
-
-
-def reference_step(model: SVG, optims: list[torch.optim.Optimizer], x: list[torch.Tensor], cond: list[torch.Tensor],
-                   beta: float) -> float:
-    """train() of train_svg_fp.py (plus cond concatenation), with the toolkit's explicit-state modules."""
-    for opt in optims:
-        opt.zero_grad()
-    post = pred = None  # hidden state reset per batch
-    mse, kld = 0.0, 0.0
-    batch_size = x[0].shape[0]
-    for i in range(1, len(x)):
-        h = model.encoder(x[i - 1])
-        h_target = model.encoder(x[i])[0]
-        if model.cfg.last_frame_skip or i < model.n_past:
-            h, skip = h
-        else:
-            h = h[0]
-        (z_t, mu, logvar), post = model.posterior(h_target, post)
-        h_pred, pred = model.predictor(torch.cat([h, z_t, cond[i - 1]], 1), pred)
-        x_pred = model.decoder(h_pred, skip)
-        mse = mse + F.mse_loss(x_pred, x[i])
-        kld = kld + (-0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())) / batch_size
-    loss = mse + kld * beta
-    loss.backward()
-    for opt in optims:
-        opt.step()
-    return loss.item()
 
 
 def our_step(model: SVG, opt: torch.optim.Optimizer, frames: torch.Tensor, cond: torch.Tensor, beta: float) -> float:
@@ -89,14 +62,10 @@ def main() -> None:
     ref = copy.deepcopy(ours)  # same weights, its own optimizer state
     lr, betas = 2e-3, (0.9, 0.999)
     our_opt = torch.optim.Adam(ours.parameters(), lr=lr, betas=betas)
-    ref_opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=betas)
-                for m in (ref.predictor, ref.posterior, ref.encoder, ref.decoder)]
+    ref_opts = reference_optimizers(ref, lr, betas)
     frames = torch.rand(args.batch, args.seq_len, 3, 64, 64)
     cond = torch.randn(args.batch, args.seq_len, 7)
-    x_tm = list(frames.transpose(0, 1).contiguous())  # the reference's time-major batch
-    cond_tm = list(cond.transpose(0, 1).contiguous())
-
-    run = {"reference": lambda: reference_step(ref, ref_opts, x_tm, cond_tm, 1e-4),
+    run = {"reference": lambda: reference_step(ref, ref_opts, frames, cond, 1e-4)["loss"].item(),
            "ours": lambda: our_step(ours, our_opt, frames, cond, 1e-4)}
     for _ in range(warmup):
         for fn in run.values():

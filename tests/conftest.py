@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -12,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.data.folders import sequence_dir, write_sequence_dir
+from toolkit.data.sources.folders import sequence_dir, write_sequence_dir
 from toolkit.data.sequence import safe_key
+from toolkit.launcher import free_port
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -87,18 +87,15 @@ def run_toolkit(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def accelerate_launch(*args: str, config: str = "cpu.yaml") -> list[str]:
     """The command line of `accelerate launch --config_file recipes/accelerate/CONFIG ARGS` on a free port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
-            str(REPO / "recipes" / "accelerate" / config), "--main_process_port", str(port), *args]
+            str(REPO / "recipes" / "accelerate" / config), "--main_process_port", str(free_port()), *args]
 
 
 @pytest.fixture(scope="session")
 def pushing_shards(tmp_path_factory) -> str:
     """Shards of a tiny pushing-world dataset: 16 train, 4 validate, 5 test sequences, 4 per shard."""
-    from toolkit.data.shards import convert
-    from toolkit.data.synth import generate_dataset
+    from toolkit.data.shards.convert import convert
+    from toolkit.data.worlds.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("pushing")
     generate_dataset(root / "folders", "pushing", {"train": 16, "validate": 4, "test": 5}, seed=0, progress=False)

@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import REPO, accelerate_launch, run_toolkit, tiny_recipe
-from toolkit.checkpoint import load_model
+from toolkit.train.checkpoint import load_model
 from toolkit.config import ModelConfig
-from toolkit.data.manifest import read_manifest
-from toolkit.eval_cmd import eval_checkpoint
-from toolkit.evaluate import batch_noise
+from toolkit.data.shards.manifest import read_manifest
+from toolkit.eval.report import eval_checkpoint
+from toolkit.eval.protocol import batch_noise
+from toolkit.fsutil import file_sha256
 from toolkit.model import SVG
 
 
@@ -109,8 +110,8 @@ def test_checkpoint_from_a_different_model_is_a_clear_error(tiny_run, pushing_sh
 
 
 def test_conditional_checkpoint_on_unconditional_shards_is_refused(tiny_run, tmp_path):
-    from toolkit.data.shards import convert
-    from toolkit.data.synth import generate_dataset
+    from toolkit.data.shards.convert import convert
+    from toolkit.data.worlds.synth import generate_dataset
 
     generate_dataset(tmp_path / "digits", "shapes", {"train": 1, "validate": 0, "test": 2}, progress=False)
     convert(tmp_path / "digits", tmp_path / "shards", progress=False)
@@ -131,6 +132,12 @@ def test_resume_never_unpickles_code(tiny_run, pushing_shards, tmp_path):
     newest = sorted((run / "checkpoints").glob("epoch_*"))[-1]
     with open(newest / "optimizer.bin", "wb") as f:
         pickle.dump({"state": _Exploit()}, f)
+    # an attacker who can write the checkpoint can also record the new file's checksum
+    state_file = newest / "train_state.json"
+    payload = json.loads(state_file.read_text())
+    payload["files"]["optimizer.bin"] = {"bytes": (newest / "optimizer.bin").stat().st_size,
+                                         "sha256": file_sha256(newest / "optimizer.bin")}
+    state_file.write_text(json.dumps(payload))
     recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, run, train={"epochs": 3, "epoch_size": 3,
                                                                           "eval_every": 1, "resume": "auto"})
     proc = run_toolkit("train", str(recipe))

@@ -12,8 +12,8 @@ import torch
 
 from toolkit.cli import error_message
 from toolkit.data.loader import eval_loader, train_loader
-from toolkit.data.manifest import read_manifest
-from toolkit.data.shards import convert
+from toolkit.data.shards.manifest import read_manifest
+from toolkit.data.shards.convert import convert
 from toolkit.errors import DataError
 
 from conftest import png_offset, write_bair_folders
@@ -37,8 +37,10 @@ def test_train_loader_yields_exactly_n_batches_of_the_right_shape(shards):
                                    num_workers=2, shuffle_buffer=8))
     assert len(batches) == 7  # more batches than the split holds: the stream is resampled
     for b in batches:
-        assert b.frames.shape == (4, 12, 3, 64, 64) and b.frames.dtype == torch.float32
-        assert 0.0 <= float(b.frames.min()) and float(b.frames.max()) <= 1.0
+        assert b.frames.shape == (4, 12, 3, 64, 64) and b.frames.dtype == torch.uint8
+        frames, cond = b.to("cpu")
+        assert frames.dtype == torch.float32 and torch.equal(frames, b.frames.float() / 255)
+        assert torch.equal(cond, b.cond)
         assert b.cond.shape == (4, 12, 7) and len(b.keys) == 4
 
 
@@ -100,7 +102,7 @@ def test_eval_window_is_the_first_frames(shards):
     for b in eval_loader(location, "validate", batch_size=7, window=12, num_workers=0):
         for key, frames, cond in zip(b.keys, b.frames, b.cond):
             src_frames, src_cond = expected["validate"][key]
-            np.testing.assert_array_equal((frames * 255).round().byte().permute(0, 2, 3, 1).numpy(), src_frames[:12])
+            np.testing.assert_array_equal(frames.permute(0, 2, 3, 1).numpy(), src_frames[:12])
             np.testing.assert_array_equal(cond.numpy(), src_cond[:12])
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.metrics import best_of_n, copy_last_frame, psnr, ssim
+from toolkit.eval.metrics import best_of_n, copy_last_frame, psnr, ssim
 
 
 def test_psnr_hand_computed():

@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO, tiny_recipe
 from toolkit.config import load_config
-from toolkit.tracking import read_metrics
+from toolkit.train.runlog import read_metrics
 
 
 def readme_commands() -> list[str]:

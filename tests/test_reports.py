@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import statistics
 import shutil
 from pathlib import Path
 
@@ -12,10 +14,11 @@ from PIL import Image
 
 from conftest import REPO, run_toolkit, tiny_recipe
 from toolkit.config import load_config
-from toolkit.data.manifest import read_manifest
-from toolkit.plots import short_labels
-from toolkit.sweep import agent_args, configurations, load_sweep, recipe_and_args
-from toolkit.tracking import read_metrics
+from toolkit.data.shards.manifest import read_manifest
+from toolkit.eval.plots import short_labels
+from toolkit.sweep.stats import mean_ci95, t95
+from toolkit.sweep.spec import agent_args, configurations, load_sweep, recipe_and_args
+from toolkit.train.runlog import read_metrics
 
 SWEEPS = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
 
@@ -111,21 +114,24 @@ def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path
     proc = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--",
                        "--train.epoch_size=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
-    assert [r["schedule.kl_anneal"] for r in rows] == ["cyclical", "monotonic"]
-    for row in rows:
+    runs = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    assert [r["schedule.kl_anneal"] for r in runs] == ["cyclical", "monotonic"]
+    for row in runs:
         run = Path(tmp_path / "out" / row["run"])
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         assert cfg["schedule"]["kl_anneal"] == row["schedule.kl_anneal"] and cfg["schedule"]["tfr"] == 0.5
         assert cfg["data"]["batch_size"] == 3 and cfg["train"]["epoch_size"] == 3  # fixed args and extras
         assert float(row["best_psnr"]) == max(r["psnr"] for r in read_metrics(run, "val")) and row["status"] == "done"
+    configs = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert [(c["schedule.kl_anneal"], c["n"]) for c in configs] == [("cyclical", "1"), ("monotonic", "1")]
+    assert float(configs[0]["best_psnr_mean"]) == float(runs[0]["best_psnr"])
     table = (tmp_path / "out" / "results.md").read_text()
-    assert table.count("\n") == 4 and "best val PSNR" in table
+    assert table.count("\n") == 4 and "best val PSNR" in table and "±" not in table  # one seed: no interval
     assert (tmp_path / "out" / "training_curves.png").stat().st_size > 10_000
     again = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
     assert again.returncode == 0 and "[1]" not in again.stdout  # finished runs are not run again
     # an interrupted run (no final record, newest checkpoint lost) continues from its newest checkpoint
-    run = tmp_path / "out" / rows[1]["run"]
+    run = tmp_path / "out" / runs[1]["run"]
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("".join(line + "\n" for line in lines if '"kind": "final"' not in line))
     newest = sorted((run / "checkpoints").glob("epoch_*"))
@@ -133,10 +139,47 @@ def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path
     resumed = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[1]" not in resumed.stdout and "[2]" in resumed.stdout and f"resuming from {newest[-2]}" in resumed.stdout
-    assert list(csv.DictReader(open(tmp_path / "out" / "results.csv")))[1]["status"] == "done"
+    assert list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))[1]["status"] == "done"
     # a run that fails is reported in the table and makes the sweep exit non-zero
     shutil.rmtree(run)
     failed = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"),
                          "--", "--train.epochs=-1")
     assert failed.returncode == 1 and "1 of 2 run(s) did not finish" in failed.stderr
     assert list(csv.DictReader(open(tmp_path / "out" / "results.csv")))[1]["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_local_sweep_with_seeds_and_parts_gives_intervals(pushing_shards, tmp_path):
+    recipe = tiny_recipe(tmp_path / "recipe.yaml", pushing_shards, tmp_path / "unused",
+                         train={"epochs": 1, "epoch_size": 2, "eval_every": 1})
+    sweep = {"method": "grid", "parameters": {"schedule.kl_anneal": {"values": ["cyclical"]}},
+             "command": ["accelerate", "launch", "-m", "toolkit", "train", str(recipe), "${args}"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    first = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--seeds", "3",
+                        "--part", "1/2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[1]" in first.stdout and "[2]" not in first.stdout and "[3]" in first.stdout  # runs 1 and 3
+    assert "pending" in (tmp_path / "out" / "results.md").read_text()
+    second = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--seeds", "3",
+                         "--part", "2/2")
+    assert second.returncode == 0 and "[2]" in second.stdout and "[1]" not in second.stdout
+    runs = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    assert [r["train.seed"] for r in runs] == ["1", "2", "3"]
+    seeded = [yaml.safe_load((tmp_path / "out" / r["run"] / "config.yaml").read_text())["train"]["seed"]
+              for r in runs]
+    assert seeded == [1, 2, 3]
+    best = [float(r["best_psnr"]) for r in runs]
+    assert len(set(best)) == 3  # the seeds really differ
+    row = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))[0]
+    mean, std = statistics.mean(best), statistics.stdev(best)
+    assert row["n"] == "3" and float(row["best_psnr_mean"]) == pytest.approx(mean, rel=1e-12)
+    assert float(row["best_psnr_ci95"]) == pytest.approx(4.303 * std / 3 ** 0.5, rel=1e-12)
+    assert f"{mean:.2f} ± {4.303 * std / 3 ** 0.5:.2f}" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_t_quantiles_and_intervals():
+    assert t95(1) == 12.706 and t95(2) == 4.303 and t95(30) == 2.042
+    assert t95(60) == pytest.approx(2.0003, abs=1e-3) and t95(10_000) == pytest.approx(1.9602, abs=1e-3)
+    mean, half, n = mean_ci95([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
+    assert math.isnan(mean_ci95([5.0])[1])

@@ -5,7 +5,7 @@ import pytest
 
 from toolkit.config import ScheduleConfig
 from toolkit.errors import ConfigError
-from toolkit.schedules import kl_weight, schedule_values, teacher_forcing_ratio
+from toolkit.train.schedules import kl_weight, schedule_values, teacher_forcing_ratio
 
 
 def frange_cycle_linear(n_iter, start=0.0, stop=1.0, n_cycle=4, ratio=0.5):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from toolkit.cli import main
-from toolkit.data import tfrecord
+from toolkit.data.sources import tfrecord
 from toolkit.data.loader import eval_loader
-from toolkit.data.manifest import read_manifest
+from toolkit.data.shards.manifest import read_manifest
 from toolkit.data.sequence import safe_key
-from toolkit.data.shards import convert
-from toolkit.data.verify import verify_shards
+from toolkit.data.shards.convert import convert
+from toolkit.data.shards.verify import verify_shards
 from toolkit.errors import DataError
 
 from conftest import png_offset, random_sequence, write_bair_folders
@@ -25,7 +25,7 @@ def load_all(location: str, split: str) -> dict[str, tuple[np.ndarray, np.ndarra
     """Every sequence of a split through the real loader, as (uint8 frames [T,H,W,3], cond) by key."""
     out = {}
     for batch in eval_loader(location, split, batch_size=2, window=30, num_workers=0):
-        frames = (batch.frames * 255).round().to(dtype=__import__("torch").uint8).permute(0, 1, 3, 4, 2)
+        frames = batch.frames.permute(0, 1, 3, 4, 2)
         for key, f, c in zip(batch.keys, frames.numpy(), batch.cond.numpy()):
             assert key not in out
             out[key] = (f, c)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.data.folders import (ACTIONS_CSV, POSITIONS_CSV, find_splits, iter_folder_split, list_sequence_dirs,
-                                  read_sequence_dir, sequence_dir, write_sequence_dir)
-from toolkit.data.tfrecord import (ProtobufError, encode_example, iter_records, iter_tfrecord_split,
+from toolkit.data.sources.folders import (ACTIONS_CSV, POSITIONS_CSV, find_splits, iter_folder_split,
+                                          list_sequence_dirs, read_sequence_dir, sequence_dir, write_sequence_dir)
+from toolkit.data.sources.tfrecord import (ProtobufError, encode_example, iter_records, iter_tfrecord_split,
                                    make_bair_example, masked_crc32c, parse_example, read_bair_example,
                                    write_tfrecord)
 from toolkit.errors import DataError

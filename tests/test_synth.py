@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from toolkit.cli import main
-from toolkit.data import shapes, synth, world
-from toolkit.data.folders import ACTIONS_CSV, POSITIONS_CSV, sequence_dir
+from toolkit.data.worlds import digits as shapes, pushing as world, synth
+from toolkit.data.sources.folders import ACTIONS_CSV, POSITIONS_CSV, sequence_dir
 from toolkit.errors import ToolkitError
 
 

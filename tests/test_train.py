@@ -16,11 +16,11 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY_MODEL, accelerate_launch, run_toolkit, tiny_recipe
-from toolkit.checkpoint import list_checkpoints, read_checkpoint_meta
+from toolkit.train.checkpoint import list_checkpoints, read_checkpoint_meta
 from toolkit.config import ModelConfig, load_config
 from toolkit.model import SVG
-from toolkit.tracking import read_metrics
-from toolkit.train import param_checksum
+from toolkit.train.runlog import read_metrics
+from toolkit.train.setup import param_checksum
 
 
 
@@ -143,7 +143,7 @@ def test_nonfinite_losses_are_skipped_then_abort_keeps_the_last_checkpoint(tmp_p
     from accelerate.state import AcceleratorState, GradientState
 
     from toolkit.errors import ToolkitError
-    from toolkit.train import train
+    from toolkit.train.loop import train
 
     real_forward = SVG.forward
     calls = {"n": 0}
@@ -222,8 +222,8 @@ def test_accumulation_clipping_bf16_learned_prior_and_schedules_train_together(t
 
 
 def test_unconditional_training_on_moving_digits(tmp_path):
-    from toolkit.data.shards import convert
-    from toolkit.data.synth import generate_dataset
+    from toolkit.data.shards.convert import convert
+    from toolkit.data.worlds.synth import generate_dataset
 
     generate_dataset(tmp_path / "digits", "shapes", {"train": 8, "validate": 2, "test": 0}, progress=False)
     convert(tmp_path / "digits", tmp_path / "shards", maxcount=4, progress=False)

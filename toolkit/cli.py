@@ -13,7 +13,7 @@ from toolkit.errors import ToolkitError
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from toolkit.data.synth import generate_dataset
+    from toolkit.data.worlds.synth import generate_dataset
 
     counts = {"train": args.train, "validate": args.validate, "test": args.test}
     generate_dataset(args.out, world=args.world, counts=counts, seed=args.seed, overwrite=args.overwrite,
@@ -21,48 +21,48 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _shards_convert(args: argparse.Namespace) -> None:
-    from toolkit.data.shards import convert
+    from toolkit.data.shards.convert import convert
 
     convert(args.src, args.out, fmt=args.format, maxcount=args.maxcount, encoding=args.encoding,
-            overwrite=args.overwrite, progress=not args.quiet)
+            overwrite=args.overwrite, progress=not args.quiet, val_from_train=args.val_from_train)
 
 
 def _shards_verify(args: argparse.Namespace) -> None:
-    from toolkit.data.verify import verify_shards
+    from toolkit.data.shards.verify import verify_shards
 
     verify_shards(args.out, progress=not args.quiet)
 
 
 def _train(args: argparse.Namespace) -> None:
     from toolkit.config import load_config
-    from toolkit.train import train
+    from toolkit.train.loop import train
 
     train(load_config(args.recipe, args.overrides))
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from toolkit.eval_cmd import eval_checkpoint
+    from toolkit.eval.report import eval_checkpoint
 
     eval_checkpoint(args.checkpoint, args.shards, args.split, samples=args.samples, n_future=args.n_future,
                     batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit, seed=args.seed,
-                    out=args.json)
+                    out=args.json, precision=args.precision)
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from toolkit.predict import predict
+    from toolkit.eval.predict import predict
 
     predict(args.checkpoint, args.input, args.out, samples=args.samples, n_future=args.n_future, key=args.key,
             seed=args.seed, fps=args.fps, strip=args.strip)
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from toolkit.plots import plot
+    from toolkit.eval.plots import plot
 
     plot(args.paths, args.out)
 
 
 def _sweep_local(args: argparse.Namespace) -> None:
-    from toolkit.sweep import local_sweep
+    from toolkit.sweep.runner import local_sweep
 
     extra = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
     rows = local_sweep(args.sweep, args.out, max_runs=args.max_runs, accelerate_config=args.accelerate_config,
@@ -74,10 +74,7 @@ def _sweep_local(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cvae", description="Stochastic video prediction with a conditional VAE (SVG).")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="generate the embedded dataset in the BAIR processed_data folder layout")
     s.add_argument("--out", required=True, help="output root (gets train/, validate/, test/)")
     s.add_argument("--world", choices=["pushing", "shapes"], default="pushing",
@@ -90,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)
 
+
+def _add_shards(sub) -> None:
     sh = sub.add_parser("shards", help="WebDataset shards: convert sources, verify shards").add_subparsers(
         dest="shards_command", required=True)
     c = sh.add_parser("convert", help="pack BAIR folders or TFRecords into WebDataset tar shards + manifest")
@@ -100,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--maxcount", type=int, default=256, help="sequences per shard")
     c.add_argument("--encoding", choices=["png", "npy"], default="png",
                    help="png: one lossless PNG strip of all frames per sequence (default); npy: raw uint8 array")
+    c.add_argument("--val-from-train", type=int, default=0, metavar="N",
+                   help="write the last N training sequences (in source order) as a 'validate' split instead, "
+                        "for sources without one (the BAIR TFRecords have train and test only)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_shards_convert)
@@ -107,15 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("out", help="shard directory (with manifest.json)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_shards_verify)
+
+
+def _add_train(sub) -> None:
+    from toolkit.config import keys_help  # config imports only the standard library and yaml
+
     t = sub.add_parser("train", help="train a model (run under `accelerate launch -m toolkit train ...` for DDP)",
                        description="Train from a YAML recipe; override any key with --section.key=value "
-                                   "(e.g. --train.epochs=10 --model.prior=learned), as a W&B sweep agent passes them.")
+                                   "(e.g. --train.epochs=10 --model.prior=learned), as a W&B sweep agent passes them.",
+                       epilog=keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("recipe", help="training recipe, e.g. recipes/train/demo.yaml")
     t.set_defaults(func=_train, accepts_overrides=True)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint on a split (PSNR/SSIM per frame, best-of-N, baseline)",
                        description="Works alone or under `accelerate launch -m toolkit eval ...` (ranks share the "
-                                   "split).")
+                                   "split; the numbers do not depend on the number of ranks or the batch size).")
     e.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/best")
     e.add_argument("--shards", required=True, help="shard directory or URL (with manifest.json)")
     e.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -124,10 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
     e.add_argument("--num-workers", type=int, default=1, help="loader workers per process")
     e.add_argument("--limit", type=int, default=0, help="evaluate the first N sequences only (0: all)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the sampled latents")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampled latents (sample s of sequence KEY draws "
+                                                        "from (seed, KEY, s): any world size or batch size agrees)")
+    e.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no",
+                   help="no: float32 (the default, as validation during training); bf16/fp16: autocast")
     e.add_argument("--json", help="report path (default: RUN_DIR/eval/CHECKPOINT-SPLIT-nN.json)")
     e.set_defaults(func=_eval)
 
+
+def _add_predict_and_plot(sub) -> None:
     pr = sub.add_parser("predict", help="predict one sequence: GIF/MP4 + strip (ground truth | prediction | samples)")
     pr.add_argument("checkpoint", help="checkpoint directory")
     pr.add_argument("--input", required=True, help="a sequence folder (BAIR layout) or a shard .tar")
@@ -136,28 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--samples", type=int, default=3, help="random samples shown beside the prediction")
     pr.add_argument("--n-future", type=int, help="frames to predict (default: the training n_future)")
     pr.add_argument("--key", help="sequence key inside a shard (default: the first)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the sampled latents")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the sampled latents (as cvae eval --seed)")
     pr.add_argument("--fps", type=float, default=4.0, help="frames per second of the video")
     pr.set_defaults(func=_predict)
-
     pl = sub.add_parser("plot", help="training curves and PSNR per frame from run directories (no W&B needed)")
     pl.add_argument("paths", nargs="+", help="run directories (with metrics.jsonl) and/or eval report .json files")
     pl.add_argument("--out", help="output directory (default: the first run directory)")
     pl.set_defaults(func=_plot)
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="W&B sweeps without a server").add_subparsers(dest="sweep_command", required=True)
     sl = sw.add_parser("local", help="run a sweep YAML's configurations one after another and tabulate them",
                        description="Extra --section.key=value overrides (e.g. fewer epochs) go after `--`.")
     sl.add_argument("sweep", help="sweep YAML, e.g. recipes/sweeps/demo_kl_tf_grid.yaml")
     sl.add_argument("--out", default="runs/sweep", help="directory for the runs and the results table")
     sl.add_argument("--max-runs", type=int, help="at most N configurations (random/bayes: N draws, default 10)")
-    sl.add_argument("--accelerate-config", help="accelerate config for every run (default: cpu.yaml, or "
-                                                 "gpu1_bf16.yaml with a GPU)")
+    sl.add_argument("--accelerate-config", help="accelerate config for every run (default: as launch.sh picks)")
     sl.add_argument("--seed", type=int, default=0, help="seed for random/bayes draws")
     sl.add_argument("--seeds", type=int, default=0,
                     help="run every configuration with train.seed = 1..N; the table gives mean ± 95%% CI over them")
     sl.add_argument("--part", help="K/N: run only configurations K, K+N, ... (N runners share one --out)")
     sl.set_defaults(func=_sweep_local, accepts_overrides=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cvae", description="Stochastic video prediction with a conditional VAE (SVG).")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_shards, _add_train, _add_eval, _add_predict_and_plot, _add_sweep):
+        add(sub)
     return p
 
 

@@ -8,8 +8,11 @@ Defaults equal the reference setup (SVG on BAIR, the lab's train_fixed_prior.py)
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +147,11 @@ class TrainConfig:
     """Show a progress bar on the main process."""
     channels_last: bool = True
     """Keep convolution weights in channels-last memory format (faster convolutions on CPU and tensor cores)."""
+    compile: bool = False
+    """`torch.compile` the encoder, decoder and LSTMs (in place: checkpoints are unchanged); the first steps
+    take longer while it compiles."""
+    eval_precision: str = "no"
+    """Precision of validation: `no` (float32, as `cvae eval` by default) or `bf16`/`fp16` autocast."""
 
 
 @dataclass
@@ -178,6 +186,7 @@ CHOICES = {
     "model.bn_stats": ("step", "batch"),
     "schedule.kl_anneal": ("monotonic", "cyclical", "none"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.eval_precision": ("no", "bf16", "fp16"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
@@ -355,3 +364,28 @@ def flat_keys(cfg: Config | None = None) -> list[str]:
     """Every `section.key` (used to check sweep YAMLs against the schema)."""
     cfg = cfg or Config()
     return [f"{s}.{k}" for s in _fields(cfg) for k in _fields(getattr(cfg, s))]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), whitespace folded."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)}
+
+
+def keys_help(width: int = 100) -> str:
+    """Every `--section.key` with its type, default (and choices) and docstring: the text of `cvae train --help`."""
+    cfg, lines = Config(), ["config keys (in a recipe's sections, or on the command line as --section.key=value):"]
+    for section in _fields(cfg):
+        sub = getattr(cfg, section)
+        docs, types = field_docs(type(sub)), typing.get_type_hints(type(sub))
+        lines.append("")
+        for key in _fields(sub):
+            tp = types[key]
+            name = getattr(tp, "__name__", str(tp)) if typing.get_origin(tp) is None else str(tp)
+            choices = CHOICES.get(f"{section}.{key}")
+            extra = f", one of {'|'.join(choices)}" if choices else ""
+            lines.append(f"  --{section}.{key}  ({name}, default {getattr(sub, key)!r}{extra})")
+            lines += textwrap.wrap(docs.get(key, ""), width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)

@@ -18,9 +18,9 @@ from typing import Iterable, Iterator
 import google_crc32c
 import numpy as np
 
-from toolkit.data.folders import natural_key
-from toolkit.data.protobuf import FeatureValues, ProtobufError, encode_example, parse_example
-from toolkit.data.sequence import IMAGE_SIZE, SEQ_LEN, Sequence, safe_key
+from toolkit.data.sources.folders import natural_key
+from toolkit.data.sources.protobuf import FeatureValues, ProtobufError, encode_example, parse_example
+from toolkit.data.sequence import COND_DIM, COND_FIELDS, IMAGE_SIZE, SEQ_LEN, Sequence, safe_key
 from toolkit.errors import DataError
 from toolkit.fsutil import atomic_path
 
@@ -88,8 +88,9 @@ def write_tfrecord(path: Path, records: Iterable[bytes]) -> int:
 # ----------------------------------------------------------------------------------------------- BAIR
 
 
-def _keys(t: int) -> tuple[str, str, str]:
-    return f"{t}/image_aux1/encoded", f"{t}/action", f"{t}/endeffector_pos"
+def _keys(t: int) -> tuple[str, ...]:
+    """The features of step t: the image, then the `COND_FIELDS` (`{t}/action`, `{t}/endeffector_pos`)."""
+    return (f"{t}/image_aux1/encoded", *(f"{t}/{name}" for name, _ in COND_FIELDS))
 
 
 def make_bair_example(frames: np.ndarray, actions: np.ndarray, eef: np.ndarray) -> bytes:
@@ -127,10 +128,11 @@ def _floats(features: dict, key: str, n: int, source: str) -> list[float]:
 
 def read_bair_example(features: dict[str, FeatureValues], seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE,
                       source: str = "<example>") -> tuple[np.ndarray, np.ndarray]:
-    """Validate a parsed BAIR Example: frames uint8 [T, S, S, 3], cond float32 [T, 7] (action, then eef)."""
+    """Validate a parsed BAIR Example: frames uint8 [T, S, S, 3], cond float32 [T, COND_DIM] (the features of
+    `COND_FIELDS` in order: action, then end-effector position)."""
     nbytes = image_size * image_size * 3
     frames = np.empty((seq_len, image_size, image_size, 3), dtype=np.uint8)
-    cond = np.empty((seq_len, 7), dtype=np.float32)
+    cond = np.empty((seq_len, COND_DIM), dtype=np.float32)
     for t in range(seq_len):
         img, act, pos = _keys(t)
         if img not in features:
@@ -142,8 +144,10 @@ def read_bair_example(features: dict[str, FeatureValues], seq_len: int = SEQ_LEN
             raise DataError(f"{source}: feature {img!r} has {len(values[0])} bytes, expected {nbytes} "
                             f"(raw {image_size}x{image_size} RGB)")
         frames[t] = np.frombuffer(values[0], dtype=np.uint8).reshape(image_size, image_size, 3)
-        cond[t, :4] = _floats(features, act, 4, source)
-        cond[t, 4:] = _floats(features, pos, 3, source)
+        offset = 0
+        for key, (_, n) in zip((act, pos), COND_FIELDS):
+            cond[t, offset:offset + n] = _floats(features, key, n, source)
+            offset += n
     return frames, cond
 
 

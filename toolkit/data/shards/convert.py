@@ -8,7 +8,7 @@ shards or manifest. Shards are reproducible: the same sources give byte-identica
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import json
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,10 +17,11 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from toolkit import __version__
-from toolkit.data import codec, folders, manifest, tfrecord
+from toolkit.data.shards import codec, manifest
+from toolkit.data.sources import folders, tfrecord
 from toolkit.data.sequence import COND_FIELDS, Sequence
 from toolkit.errors import DataError, ToolkitError
-from toolkit.fsutil import atomic_dir
+from toolkit.fsutil import atomic_dir, file_sha256
 
 FORMATS = ("folders", "tfrecord")
 
@@ -34,14 +35,6 @@ def _source_splits(src: Path, fmt: str) -> dict[str, Callable[[], Iterator[Seque
         raise DataError(f"{src}: no split folder with *.tfrecord(s) files (expected e.g. "
                         f"{src}/train/traj_0_to_255.tfrecords)")
     return {s: (lambda s=s: tfrecord.iter_tfrecord_split(src / s)) for s in splits}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _SplitWriter:
@@ -69,50 +62,77 @@ class _SplitWriter:
             self.writer.close()
             self.stream.close()
             path = self.out / self.shards[-1]["name"]
-            self.shards[-1].update(bytes=path.stat().st_size, sha256=_sha256(path))
+            self.shards[-1].update(bytes=path.stat().st_size, sha256=file_sha256(path))
             self.writer = None
 
 
-def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: int = 256, encoding: str = "png",
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Convert every split under `src` into shards under `out`; returns the manifest dict."""
-    src, out = Path(src), Path(out)
+def _check_arguments(src: Path, out: Path, fmt: str, maxcount: int, encoding: str, overwrite: bool,
+                     val_from_train: int) -> None:
     if fmt not in FORMATS:
         raise ToolkitError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if encoding not in codec.ENCODINGS:
         raise ToolkitError(f"--encoding must be one of {', '.join(codec.ENCODINGS)}, got {encoding!r}")
-    if maxcount < 1:
-        raise ToolkitError(f"--maxcount must be >= 1, got {maxcount}")
+    if maxcount < 1 or val_from_train < 0:
+        raise ToolkitError(f"--maxcount must be >= 1 and --val-from-train >= 0, got {maxcount} and {val_from_train}")
     if not src.is_dir():
         raise DataError(f"{src}: source directory not found")
     if out.exists() and not overwrite:
         raise ToolkitError(f"{out} exists; pass --overwrite to replace it")
+
+
+def _write_split(tmp: Path, split: str, sequences, maxcount: int, encoding: str, shape: dict, bar,
+                 hold_back: int, where: Path) -> tuple[dict, list[dict]]:
+    """Shard one split; returns its manifest entry and, with `hold_back` N, the encoded last N sequences, which
+    are not written (they become the validation split)."""
+    writer, origins, held = _SplitWriter(tmp, split, maxcount), {}, collections.deque()
+    try:
+        for seq in sequences:
+            _check_consistent(seq, shape)
+            if seq.key in origins:
+                raise DataError(f"{seq.source}: sequence key '{seq.key}' in split '{split}' is also the "
+                                f"key of {origins[seq.key]} (rename one of them)")
+            origins[seq.key] = seq.source
+            held.append(codec.encode_sample(seq, encoding))
+            if len(held) > hold_back:
+                writer.write(held.popleft())
+            bar.update(1)
+    finally:
+        writer.close()
+    if not origins:
+        raise DataError(f"{where}: no sequences found")
+    if len(origins) <= hold_back:
+        raise DataError(f"{where}: {len(origins)} sequence(s), none left for training after --val-from-train "
+                        f"{hold_back}")
+    return {"count": len(origins) - hold_back, "shards": writer.shards}, list(held)
+
+
+def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: int = 256, encoding: str = "png",
+            overwrite: bool = False, progress: bool = True, val_from_train: int = 0) -> dict:
+    """Convert every split under `src` into shards under `out`; returns the manifest dict.
+
+    `val_from_train` N > 0 writes the last N sequences of `train` (in source order: deterministic) as the
+    split `validate`, for sources that have none (the original BAIR TFRecords have only train and test).
+    """
+    src, out = Path(src), Path(out)
+    _check_arguments(src, out, fmt, maxcount, encoding, overwrite, val_from_train)
     sources = _source_splits(src, fmt)
-    shape: dict = {}
-    splits: dict = {}
+    if val_from_train and ("train" not in sources or "validate" in sources):
+        raise DataError(f"{src}: --val-from-train needs a 'train' split and no 'validate' split (has: "
+                        f"{', '.join(sources)})")
+    shape, splits = {}, {}
     bar = tqdm(desc="converting", unit="seq", disable=not progress)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for split, iterate in sources.items():
-            writer, sources = _SplitWriter(tmp, split, maxcount), {}
-            try:
-                for seq in iterate():
-                    _check_consistent(seq, shape)
-                    if seq.key in sources:
-                        raise DataError(f"{seq.source}: sequence key '{seq.key}' in split '{split}' is also the "
-                                        f"key of {sources[seq.key]} (rename one of them)")
-                    sources[seq.key] = seq.source
-                    writer.write(codec.encode_sample(seq, encoding))
-                    bar.update(1)
-            finally:
-                writer.close()
-            if not sources:
-                raise DataError(f"{src / split}: no sequences found")
-            splits[split] = {"count": len(sources), "shards": writer.shards}
+            hold_back = val_from_train if split == "train" else 0
+            splits[split], held = _write_split(tmp, split, iterate(), maxcount, encoding, shape, bar, hold_back,
+                                               where=src / split)
+            if held:
+                splits["validate"] = _write_held(tmp, held, maxcount)
         bar.close()
         data = {
             "format": manifest.FORMAT, "version": manifest.VERSION, "created_by": f"toolkit {__version__}",
-            "source": {"path": str(src), "format": fmt}, "encoding": encoding, "seq_len": shape["seq_len"],
-            "frame_shape": list(shape["frame_shape"]), "cond_dim": shape["cond_dim"],
+            "source": {"path": str(src), "format": fmt, "val_from_train": val_from_train}, "encoding": encoding,
+            "seq_len": shape["seq_len"], "frame_shape": list(shape["frame_shape"]), "cond_dim": shape["cond_dim"],
             "cond_fields": [list(f) for f in COND_FIELDS] if shape["cond_dim"] else [], "splits": splits,
         }
         (tmp / manifest.MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
@@ -121,6 +141,17 @@ def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: in
             print(f"{split}: {entry['count']} sequences in {len(entry['shards'])} shard(s)")
         print(f"wrote {out / manifest.MANIFEST_NAME}")
     return data
+
+
+def _write_held(tmp: Path, samples: list[dict], maxcount: int) -> dict:
+    """The carved-out validation split from already encoded samples."""
+    writer = _SplitWriter(tmp, "validate", maxcount)
+    try:
+        for sample in samples:
+            writer.write(sample)
+    finally:
+        writer.close()
+    return {"count": len(samples), "shards": writer.shards}
 
 
 def _check_consistent(seq: Sequence, shape: dict) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from toolkit.checkpoint import CHECKPOINTS, load_model
+from toolkit.train.checkpoint import CHECKPOINTS, load_model
 from toolkit.data.loader import eval_loader
-from toolkit.data.manifest import read_manifest
+from toolkit.data.shards.manifest import read_manifest
 from toolkit.errors import ToolkitError
-from toolkit.evaluate import evaluate
+from toolkit.eval.protocol import PRECISIONS, evaluate
 from toolkit.fsutil import atomic_write_text
 
 
@@ -47,10 +47,12 @@ def format_table(report: dict) -> str:
 
 def eval_checkpoint(checkpoint: str | Path, shards: str, split: str = "test", samples: int = 1,
                     n_future: int | None = None, batch_size: int = 16, num_workers: int = 1, limit: int = 0,
-                    seed: int = 0, out: str | Path | None = None, quiet: bool = False) -> dict:
+                    seed: int = 0, out: str | Path | None = None, quiet: bool = False, precision: str = "no") -> dict:
     """Evaluate a checkpoint on a split; returns the report (also written as JSON by the main process)."""
     if samples < 1 or batch_size < 1 or limit < 0 or (n_future is not None and n_future < 1):
         raise ToolkitError("--samples, --batch-size and --n-future must be >= 1 and --limit >= 0")
+    if precision not in PRECISIONS:
+        raise ToolkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     checkpoint = Path(checkpoint)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, cfg, meta = load_model(checkpoint, accelerator.device)
@@ -67,9 +69,11 @@ def eval_checkpoint(checkpoint: str | Path, shards: str, split: str = "test", sa
     loader = eval_loader(manifest, split, batch_size, n_past + n_future, rank=accelerator.process_index,
                          world_size=accelerator.num_processes, num_workers=num_workers, limit=limit,
                          use_cond=cond_dim > 0)
-    result, _ = evaluate(model, loader, accelerator, n_past, n_future, samples=samples, seed=seed)
+    result, _ = evaluate(model, loader, accelerator, n_past, n_future, samples=samples, seed=seed,
+                         precision=precision)
     report = {"checkpoint": str(checkpoint), "shards": str(shards), "split": split, "n_past": n_past,
-              "n_future": n_future, "seed": seed, "world_size": accelerator.num_processes, **result.to_json()}
+              "n_future": n_future, "seed": seed, "precision": precision, "world_size": accelerator.num_processes,
+              **result.to_json()}
     if accelerator.is_main_process:
         path = Path(out) if out else default_report_path(checkpoint, split, samples)
         path.parent.mkdir(parents=True, exist_ok=True)

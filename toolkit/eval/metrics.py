@@ -40,12 +40,6 @@ def gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """`fspecial_gauss`: a normalized size x size Gaussian window (float64), the outer product of two 1-D ones."""
-    g = gaussian_1d(size, sigma)
-    return g[:, None] * g[None, :]
-
-
 def _band(n: int, g: torch.Tensor) -> torch.Tensor:
     """[n - k + 1, n] matrix whose rows slide the 1-D kernel g: `band @ v` is the 'valid' correlation of v."""
     k = g.numel()

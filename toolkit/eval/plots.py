@@ -2,7 +2,8 @@
 
 training_curves.png: MSE, KL loss, validation PSNR (dashed: copy-last-frame), validation SSIM, teacher forcing
 ratio and KL weight over epochs, one colour per run (the curves of the reference lab's report). Runs are labelled
-by their directory names less the `key=value` parts all of them share (sweep runs are named that way).
+by their directory names less the `key=value` parts all of them share (sweep runs are named that way); runs
+that differ only in `seed=N` are drawn as their mean with a band from the lowest to the highest seed.
 psnr_per_frame.png: PSNR per predicted frame from `cvae eval` reports (RUN_DIR/eval/*.json, or JSON files given
 directly) and, without reports, from each run's last validation.
 """
@@ -10,6 +11,7 @@ directly) and, without reports, from each run's last validation.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from toolkit.errors import ToolkitError  # noqa: E402
 from toolkit.fsutil import atomic_path  # noqa: E402
-from toolkit.tracking import METRICS, read_metrics  # noqa: E402
+from toolkit.train.runlog import METRICS, read_metrics  # noqa: E402
 
 PANELS = [("mse", "epoch", "MSE (sum over steps)"), ("kld", "epoch", "KL loss"),
           ("psnr", "val", "validation PSNR (dB); dashed: copy last frame"),
@@ -49,21 +51,46 @@ def _legend(fig, ax, ncols: int) -> None:
     fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8)
 
 
+def seed_groups(runs: dict[str, Path]) -> dict[str, list[Path]]:
+    """Runs that differ only in their `seed=N` name part, grouped under the name without it (sweeps with
+    --seeds name their runs that way); other runs stay alone."""
+    groups: dict[str, list[Path]] = {}
+    for label, run in runs.items():
+        base = ",".join(p for p in label.split(",") if not re.fullmatch(r"seed=\d+", p)) or "all seeds"
+        groups.setdefault(base, []).append(run)
+    return groups
+
+
+def _curves(runs: list[Path], kind: str, key: str) -> tuple[list[int], list[list[float]]]:
+    """(epochs, one list of values per run) over the epochs every run has."""
+    per_run = [{r["epoch"] + 1: r[key] for r in read_metrics(run, kind)} for run in runs]
+    epochs = sorted(set.intersection(*(set(c) for c in per_run))) if per_run else []
+    return epochs, [[c[e] for e in epochs] for c in per_run]
+
+
 def plot_training(runs: dict[str, Path], out: Path) -> Path:
+    """The panels over epochs, one colour per configuration: the mean over its seeds, shaded between their
+    lowest and highest value where a configuration has several."""
+    groups = seed_groups(runs)
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), layout="constrained")
     for (key, kind, title), ax in zip(PANELS, axes.flat):
-        for i, (label, run) in enumerate(runs.items()):
-            records = read_metrics(run, kind)
-            colour = f"C{i % 10}"
-            ax.plot([r["epoch"] + 1 for r in records], [r[key] for r in records], color=colour, label=label,
-                    marker="o" if kind == "val" else None, markersize=3)
-            if kind == "val" and records:
-                ax.plot([r["epoch"] + 1 for r in records], [r[f"baseline_{key}"] for r in records], color=colour,
-                        linestyle="--", linewidth=1)
+        for i, (label, members) in enumerate(groups.items()):
+            colour, marker = f"C{i % 10}", "o" if kind == "val" else None
+            epochs, values = _curves(members, kind, key)
+            columns = list(zip(*values))
+            n = f" (mean of {len(members)} seeds)" if len(members) > 1 else ""
+            ax.plot(epochs, [sum(c) / len(c) for c in columns], color=colour, label=label + n, marker=marker,
+                    markersize=3)
+            if len(members) > 1:
+                ax.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], color=colour,
+                                alpha=0.2, linewidth=0)
+            if kind == "val" and epochs:
+                baseline = list(zip(*_curves(members, kind, f"baseline_{key}")[1]))
+                ax.plot(epochs, [sum(c) / len(c) for c in baseline], color=colour, linestyle="--", linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    _legend(fig, axes.flat[0], min(len(runs), 4))
+    _legend(fig, axes.flat[0], min(len(groups), 4))
     return _save(fig, out / "training_curves.png")
 
 

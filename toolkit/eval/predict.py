@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.checkpoint import load_model
-from toolkit.data import codec
-from toolkit.data.folders import read_sequence_dir
+from toolkit.train.checkpoint import load_model
+from toolkit.data.shards import codec
+from toolkit.data.sources.folders import read_sequence_dir
 from toolkit.errors import DataError, ToolkitError
-from toolkit.evaluate import batch_noise
+from toolkit.eval.protocol import batch_noise
 from toolkit.fsutil import atomic_path
-from toolkit.video import compose, save_gif, save_strip, with_context
+from toolkit.eval.video import compose, save_gif, save_strip, with_context
 
 
 def read_input(path: Path, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:

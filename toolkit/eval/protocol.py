@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from toolkit import metrics
+from toolkit.eval import metrics
 
 KEYS = ("psnr", "ssim", "psnr_mean", "ssim_mean", "baseline_psnr", "baseline_ssim")
 
@@ -54,21 +54,30 @@ def batch_noise(model, keys: list[str], seed: int, sample: int, n_future: int) -
     return torch.stack([sequence_noise(seed, key, sample, steps, model.cfg.z_dim) for key in keys])
 
 
+PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Evaluation precisions: float32 (`no`, the default everywhere) or an autocast dtype."""
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: int, n_future: int,
-             samples: int = 1, seed: int = 0, keep: int = 0) -> tuple[EvalResult, list[tuple]]:
+             samples: int = 1, seed: int = 0, keep: int = 0, precision: str = "no") -> tuple[EvalResult, list[tuple]]:
     """Score `model` (unwrapped SVG) on this rank's loader; returns the gathered result and, on each rank, up
-    to `keep` (key, ground truth [T,C,H,W], best prediction [n_future,C,H,W]) of its first sequences."""
+    to `keep` (key, ground truth [T,C,H,W], best prediction [n_future,C,H,W]) of its first sequences.
+
+    Sample s of a sequence uses `sequence_noise(seed, key, s)`, and the model runs in `precision` (float32 by
+    default, whatever the training used), so a checkpoint scores the same on any number of ranks and at any
+    batch size, during training and in `cvae eval`."""
     was_training = model.training
     model.eval()
     rows, kept = [], []
+    dtype = PRECISIONS[precision]
     for batch in loader:
-        frames = batch.frames.to(accelerator.device, non_blocking=True)
-        cond = batch.cond.to(accelerator.device, non_blocking=True)
+        frames, cond = batch.to(accelerator.device)
         past, future = frames[:, :n_past], frames[:, n_past:n_past + n_future]
-        preds = torch.stack([model.generate(past, cond, n_future, batch_noise(model, batch.keys, seed, s, n_future)
-                                            .to(accelerator.device)).float()
-                             for s in range(samples)])  # [N, B, n_future, C, H, W]
+        with torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype is not None):
+            preds = torch.stack([model.generate(past, cond, n_future, batch_noise(model, batch.keys, seed, s,
+                                                                                  n_future).to(past.device)).float()
+                                 for s in range(samples)])  # [N, B, n_future, C, H, W]
         psnr = torch.stack([metrics.psnr(p, future) for p in preds])  # [N, B, n_future]
         ssim = torch.stack([metrics.ssim(p, future) for p in preds])
         best_psnr, best_index = metrics.best_of_n(psnr)

@@ -15,10 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 import toolkit
-from toolkit.data.folders import sequence_dir, write_sequence_dir
+from toolkit.data.sources.folders import sequence_dir, write_sequence_dir
 from toolkit.data.sequence import SEQ_LEN
-from toolkit.data.shapes import generate_shapes_sequence
-from toolkit.data.world import generate_pushing_sequence
+from toolkit.data.worlds.digits import generate_shapes_sequence
+from toolkit.data.worlds.pushing import generate_pushing_sequence
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import atomic_dir, atomic_write_text
 

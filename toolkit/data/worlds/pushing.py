@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.data.render import render, table  # noqa: F401 (render: public API)
+from toolkit.data.worlds.render import render, table  # noqa: F401 (render: public API)
 
 GAIN = np.array([0.13, 0.13, 0.15], dtype=np.float32)
 """World units moved per unit of action (dx, dy, dz) per frame."""

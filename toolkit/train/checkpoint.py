@@ -1,15 +1,18 @@
-"""Checkpoints: `accelerator.save_state`/`load_state` plus the trainer's state as JSON, atomic and rotated.
+"""Checkpoints: `accelerator.save_state`/`load_state` plus the trainer's state as JSON, atomic, verified, rotated.
 
 Layout: `{run_dir}/checkpoints/{name}/` with accelerate's files (model.safetensors, optimizer.bin, scaler.pt,
-random_states_{rank}.pkl) and `train_state.json` (epoch/step counters, best PSNR, non-finite count, partial
-epoch sums, W&B run id, and the full resolved config that built the model). Names are `epoch_000012` (end
-of an epoch) or `epoch_000012_step_000345` (taken mid-epoch on SIGTERM/SIGINT), plus `best`.
+random_states_{rank}.pkl) and `train_state.json`: epoch/step counters, best PSNR, non-finite count, partial
+epoch sums, W&B run id, the full resolved config that built the model, the world size and mixed precision it
+was saved with, and the size and sha256 of every other file. Names are `epoch_000012` (end of an epoch) or
+`epoch_000012_step_000345` (taken mid-epoch on SIGTERM/SIGINT), plus `best`.
 
-Every rank writes into `.tmp-{name}`; after a barrier the main process adds train_state.json and renames the
-directory into place, so a killed run never leaves a checkpoint that looks complete but is not. The train
-state is JSON rather than an object registered with `register_for_checkpointing`, because accelerate loads
-registered objects with `weights_only=False` (unpickling arbitrary code); everything loaded here uses
-`weights_only=True` (and safetensors for the weights).
+Every rank writes into `.tmp-{name}`; after a barrier the main process checksums the files, adds
+train_state.json and renames the directory into place, so a killed run never leaves a checkpoint that looks
+complete but is not, and a file damaged later (a full disk, a truncated copy) is caught by `verify` before
+anything is loaded. Only the last `keep_last` periodic checkpoints and `best` are kept. The train state is
+JSON rather than an object registered with `register_for_checkpointing`, because accelerate loads registered
+objects with `weights_only=False` (unpickling arbitrary code); everything loaded here uses `weights_only=True`
+(and safetensors for the weights).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from toolkit.errors import ToolkitError
-from toolkit.fsutil import TMP_PREFIX, atomic_write_text, replace_dir
+from toolkit.fsutil import TMP_PREFIX, atomic_write_text, file_sha256, replace_dir
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -49,9 +52,12 @@ class TrainState:
     best_epoch: int = -1
     """Epoch (1-based count of completed epochs) that reached best_psnr."""
     nonfinite: int = 0
-    """Steps skipped because the loss was not finite."""
-    epoch_sums: dict = field(default_factory=dict)
-    """Running sums of the current epoch's metrics (to resume mid-epoch)."""
+    """Steps skipped because the loss or the gradients were not finite."""
+    epoch_sums: list = field(default_factory=list)
+    """Running sums of the current epoch's metrics (to resume mid-epoch; see `step.EPOCH_SUMS`)."""
+    validation_due: bool = False
+    """The last completed epoch's validation has not run yet (a stop signal on its last batch): a resumed run
+    runs it first, so it logs what an uninterrupted run logs."""
     wandb_run_id: str = ""
     """The W&B run this training logs to (a resumed run continues it)."""
     schedule: dict = field(default_factory=dict)
@@ -80,28 +86,12 @@ def _order(name: str) -> tuple[int, int] | None:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete periodic checkpoints, oldest first (temporaries and `best` excluded)."""
+    """Periodic checkpoints that have a train state, oldest first (temporaries and `best` excluded)."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _order(p.name) and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: _order(p.name))
-
-
-def resume_target(resume: str, run_dir: Path) -> Path | None:
-    """The checkpoint `train.resume` asks for ("auto": the newest in run_dir, if any; a path), or None for a
-    fresh run; refuses to start afresh over a run that has checkpoints."""
-    existing = list_checkpoints(run_dir)
-    if resume == "auto":
-        return existing[-1] if existing else None
-    if resume:
-        path = Path(resume)
-        read_checkpoint_meta(path)  # a clear error if it is not a checkpoint
-        return path
-    if existing:
-        raise ToolkitError(f"{run_dir} already holds checkpoints (newest: {existing[-1].name}); pass "
-                           "--train.resume=auto to continue that run, or choose another --train.run_dir")
-    return None
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, state: TrainState, meta: dict,
@@ -120,7 +110,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, st
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        payload = {"train_state": state.to_json(), **meta}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
+        payload = {"train_state": state.to_json(), **meta, "world_size": accelerator.num_processes,
+                   "mixed_precision": accelerator.mixed_precision, "files": files}
         atomic_write_text(tmp / STATE_FILE, json.dumps(payload, indent=2) + "\n")
         replace_dir(tmp, final)
         if keep_last is not None:
@@ -131,17 +123,37 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, name: str, st
 
 
 def read_checkpoint_meta(path: str | Path) -> tuple[TrainState, dict]:
-    """(train state, meta {"config", "model_args"}) of a checkpoint; ToolkitError if it is not a checkpoint."""
+    """(train state, meta {"config", "model_args", "world_size", "mixed_precision", "files"}) of a checkpoint;
+    ToolkitError if it is not one. Checkpoints from before checksums were recorded have no "files"."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise ToolkitError(f"{path}: not a checkpoint (no {STATE_FILE}); checkpoints live in RUN_DIR/{CHECKPOINTS}/")
     try:
         payload = json.loads(state_file.read_text())
-        meta = {"config": payload["config"], "model_args": payload["model_args"]}
+        meta = {"config": payload["config"], "model_args": payload["model_args"],
+                **{k: payload[k] for k in ("world_size", "mixed_precision", "files") if k in payload}}
         return TrainState.from_json(payload["train_state"]), meta
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ToolkitError(f"{state_file}: unreadable train state ({e})") from None
+
+
+def verify(path: str | Path) -> str | None:
+    """What is wrong with a checkpoint (a missing, resized or altered file, an unreadable train state), or
+    None when every recorded file has its recorded size and sha256."""
+    try:
+        _, meta = read_checkpoint_meta(path)
+    except ToolkitError as e:
+        return str(e)
+    for name, info in meta.get("files", {}).items():
+        f = Path(path) / name
+        if not f.is_file():
+            return f"{f}: missing"
+        if f.stat().st_size != info["bytes"]:
+            return f"{f}: {f.stat().st_size} bytes, {info['bytes']} recorded (truncated or replaced)"
+        if file_sha256(f) != info["sha256"]:
+            return f"{f}: sha256 differs from the recorded one (corrupted)"
+    return None
 
 
 def check_same_model(saved: dict, current: dict, where: str) -> None:
@@ -157,7 +169,7 @@ def check_same_model(saved: dict, current: dict, where: str) -> None:
 
 def load_checkpoint(accelerator: Accelerator, path: str | Path, meta: dict) -> TrainState:
     """Restore model/optimizer/scaler/RNG (weights_only loads) and return the stored train state; a clear error
-    first if the checkpoint's meta describes another model than `meta`."""
+    first if the checkpoint's meta describes another model than `meta`. Call `verify` first."""
     state, saved = read_checkpoint_meta(path)
     check_same_model(saved, meta, str(path))
     try:
@@ -194,9 +206,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def clean_temporaries(run_dir: str | Path) -> None:
-    """Remove `.tmp-*` leftovers of a killed save."""
+    """Remove `.tmp-*` leftovers of a killed save; a checkpoint whose replacement was killed between its two
+    renames (`fsutil.replace_dir`) is put back first."""
     root = Path(run_dir) / CHECKPOINTS
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name.startswith(TMP_PREFIX) and ".old." in p.name:
+            for old in p.iterdir():
+                if not (root / old.name).exists():
+                    old.rename(root / old.name)
+    for p in root.iterdir():
+        if p.name.startswith(TMP_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)

@@ -14,8 +14,8 @@ import tarfile
 from tqdm import tqdm
 from webdataset.gopen import gopen
 
-from toolkit.data import codec
-from toolkit.data.manifest import Manifest, file_url, read_manifest
+from toolkit.data.shards import codec
+from toolkit.data.shards.manifest import Manifest, file_url, read_manifest
 from toolkit.errors import DataError
 
 MAX_REPORTED = 20

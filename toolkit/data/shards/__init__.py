@@ -1,0 +1,1 @@
+"""WebDataset shards: conversion from the sources, the per-sample codec, the manifest and verification."""

@@ -1,0 +1,82 @@
+"""`cvae sweep local SWEEP.yaml`: run a W&B sweep's configurations here, one after another, without a server.
+
+Each run gets the arguments a W&B agent would pass (`--section.key=value`, see `spec.py`), any extra overrides
+given after `--`, and its own `--train.run_dir=OUT/<name>`; a run that already finished is not run again and an
+interrupted one continues from its newest checkpoint. `--seeds N` runs every configuration with train.seed =
+1..N, and `--part K/N` lets N runners (one per GPU, say) share one sweep. The table (`table.py`) gives the
+best and final validation PSNR per configuration with a 95% confidence interval over the seeds, and the
+curves are plotted with their mean and spread.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+from toolkit.eval.plots import plot
+from toolkit.fsutil import atomic_write_text
+from toolkit.launcher import launch_args
+from toolkit.sweep.spec import SEED, agent_args, configurations, load_sweep, recipe_and_args, run_name
+from toolkit.sweep.table import ended, results_table, runs_csv, summarize_run
+from toolkit.train.runlog import read_metrics
+
+
+def parse_part(part: str | None) -> tuple[int, int]:
+    """`K/N` -> (K - 1, N): this runner takes runs K, K + N, ... (1-based); None -> (0, 1)."""
+    if not part:
+        return 0, 1
+    try:
+        k, n = (int(x) for x in part.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise ToolkitError(f"--part must be K/N with 1 <= K <= N, got {part!r}")
+    return k - 1, n
+
+
+def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, accelerate_config: str | None = None,
+                extra: list[str] | None = None, seed: int = 0, seeds: int = 0, part: str | None = None) -> list[dict]:
+    """Run the sweep's configurations sequentially with `accelerate launch`; write the results table + plots.
+
+    `part` K/N runs only every N-th configuration (from the K-th), so N runners (one per GPU, say) share a
+    sweep; finished runs of the others are read back, so the table covers whatever has finished."""
+    sweep = load_sweep(path)
+    recipe, fixed = recipe_and_args(sweep, path)
+    index, parts = parse_part(part)
+    if seeds < 0:
+        raise ToolkitError(f"--seeds must be >= 0, got {seeds}")
+    out = Path(out)
+    rows = []
+    for i, config in enumerate(configurations(sweep, max_runs, seed, seeds)):
+        name = run_name(config)
+        run_dir = out / name
+        mine = i % parts == index
+        if mine and not ended(read_metrics(run_dir, "final")):
+            try:
+                accelerate = launch_args(accelerate_config)
+            except (FileNotFoundError, KeyError) as e:
+                raise ToolkitError(str(e.args[0])) from None
+            cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *accelerate,
+                   "-m", "toolkit", "train", recipe, *fixed,
+                   *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
+                   "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
+            print(f"[{i + 1}] {name}", flush=True)
+            if subprocess.run(cmd).returncode != 0:
+                print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
+        summary = summarize_run(run_dir)
+        if not mine and summary["status"] == "failed" and not run_dir.exists():
+            summary["status"] = "pending"  # another part's run, not started yet
+        rows.append({"name": name, "config": config, "run_dir": str(run_dir), "mine": mine, **summary})
+    params = list(sweep["parameters"]) + ([SEED] if seeds and SEED not in sweep["parameters"] else [])
+    md, table = results_table(rows, params)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.md", md)
+    atomic_write_text(out / "results.csv", table)
+    atomic_write_text(out / "runs.csv", runs_csv(rows, params))
+    finished = [r["run_dir"] for r in rows if "best_psnr" in r]
+    if finished:
+        plot(finished, out)
+    print(md + f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'runs.csv'}")
+    return [r for r in rows if r["mine"]]

@@ -1,0 +1,80 @@
+"""The results of a sweep: each run's summary from its metrics.jsonl, and the table over configurations with
+the mean and the Student-t 95% confidence interval over seeds (`results.md`, `results.csv`, `runs.csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from toolkit.sweep.spec import SEED
+from toolkit.sweep.stats import mean_ci95
+from toolkit.train.runlog import read_metrics
+
+
+def ended(final: list[dict]) -> bool:
+    """Whether a run's final records say it ran to its end (not stopped by a signal)."""
+    return bool(final) and not final[-1]["stopped"]
+
+
+def summarize_run(run_dir: Path) -> dict:
+    val = read_metrics(run_dir, "val")
+    final = read_metrics(run_dir, "final")
+    if not val:
+        return {"status": "failed" if not final else "no validation"}
+    best = max(val, key=lambda r: r["psnr"])
+    return {"status": "done" if ended(final) else "incomplete",
+            "best_psnr": best["psnr"], "best_epoch": best["epoch"] + 1, "final_psnr": val[-1]["psnr"],
+            "final_ssim": val[-1]["ssim"], "baseline_psnr": val[-1]["baseline_psnr"], "epochs": val[-1]["epoch"] + 1}
+
+
+def _group(rows: list[dict], params: list[str]) -> list[tuple[dict, list[dict]]]:
+    """Runs grouped by configuration (every parameter but train.seed), in first-seen order."""
+    groups: dict[tuple, tuple[dict, list[dict]]] = {}
+    for r in rows:
+        config = {p: r["config"][p] for p in params if p != SEED}
+        groups.setdefault(tuple(map(str, config.values())), (config, []))[1].append(r)
+    return list(groups.values())
+
+
+def _ci_cell(stats: tuple[float, float, int], digits: int) -> str:
+    mean, half, n = stats
+    if n == 0:
+        return ""
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if n > 1 else "")
+
+
+COLUMNS = [("best_psnr", "best val PSNR", 2), ("final_psnr", "final val PSNR", 2), ("final_ssim", "final SSIM", 3),
+           ("baseline_psnr", "copy-last PSNR", 2)]
+
+
+def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
+    """(Markdown, CSV) with one row per configuration: mean ± 95% CI (Student t over the finished seeds) of the
+    best and final validation PSNR and the final SSIM, the copy-last baseline, n finished runs and the status."""
+    names = [p for p in params if p != SEED]
+    md = ["| " + " | ".join([p.split(".")[-1] for p in names] + [t for _, t, _ in COLUMNS] + ["n", "status"]) + " |",
+          "|" + "---|" * (len(names) + len(COLUMNS) + 2)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(names + [f"{c}_{x}" for c, _, _ in COLUMNS for x in ("mean", "ci95")] + ["n", "runs", "status"])
+    for config, runs in _group(rows, params):
+        done = [r for r in runs if r["status"] == "done"]
+        stats = {c: mean_ci95([r[c] for r in done]) for c, _, _ in COLUMNS}
+        status = "done" if len(done) == len(runs) else ", ".join(sorted({r["status"] for r in runs} - {"done"}))
+        md.append("| " + " | ".join([str(config[p]) for p in names] + [_ci_cell(stats[c], d) for c, _, d in COLUMNS]
+                                    + [str(len(done)), status]) + " |")
+        writer.writerow([config[p] for p in names] + [v for c, _, _ in COLUMNS for v in stats[c][:2]]
+                        + [len(done), " ".join(r["name"] for r in runs), status])
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def runs_csv(rows: list[dict], params: list[str]) -> str:
+    """One row per run: its parameters and results."""
+    cols = ["best_psnr", "best_epoch", "final_psnr", "final_ssim", "baseline_psnr", "status"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["run"] + params + cols)
+    for r in rows:
+        writer.writerow([r["name"]] + [r["config"].get(p, "") for p in params] + [r.get(c, "") for c in cols])
+    return buf.getvalue()

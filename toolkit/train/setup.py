@@ -1,0 +1,167 @@
+"""The set-up of a training run: check the data against the recipe before any step, build the model and the
+optimizer under Accelerate, restore a checkpoint, open the run log and the W&B run.
+
+Everything a run reads is checked here, so a mistake costs seconds, not a validation hours later: every split
+the run uses exists in the manifest and has sequences, its local shard files exist, the window fits the
+sequences, and the conditioning the model expects matches the shards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+
+from toolkit.config import Config, dump_yaml, to_dict
+from toolkit.data.shards.manifest import Manifest, read_manifest
+from toolkit.errors import DataError, ToolkitError
+from toolkit.fsutil import atomic_write_text
+from toolkit.model import SVG
+from toolkit.train import checkpoint as ckpt
+from toolkit.train.resume import continuation_warnings, resume_target
+from toolkit.train.runlog import RunLog
+from toolkit.train.step import make_optimizer
+from toolkit.train.stop import StopSignal
+from toolkit.train.wandb_run import init_wandb, new_run_id, resolve_wandb_mode, store_run_id, stored_run_id
+
+
+@dataclass
+class Run:
+    """What the steps of the loop share."""
+    cfg: Config
+    accelerator: Accelerator
+    model: torch.nn.Module
+    """As prepared by accelerate (DDP-wrapped with several processes)."""
+    unwrapped: SVG
+    optimizer: torch.optim.Optimizer
+    manifest: Manifest
+    run_dir: Path
+    meta: dict
+    """What rebuilds the model from a checkpoint: the resolved config and the model's arguments."""
+    state: ckpt.TrainState
+    log: RunLog
+    stop: StopSignal
+    stopped: bool = False
+    last_val: dict | None = field(default=None)
+    """The last validation of this process (mean metrics and count)."""
+
+    def say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            print(message, flush=True)
+
+
+def check_data(cfg: Config, manifest: Manifest) -> None:
+    """Raise DataError now for anything in the data that would stop the run later."""
+    d = cfg.data
+    window = d.n_past + d.n_future
+    if window > manifest.seq_len:
+        raise DataError(f"{d.shards}: n_past {d.n_past} + n_future {d.n_future} = {window} frames do not fit its "
+                        f"sequences of {manifest.seq_len} frames")
+    for split in dict.fromkeys((d.train_split, d.val_split)):
+        if manifest.count(split) < 1:
+            raise DataError(f"{d.shards}: split '{split}' has no sequences")
+        if "://" not in d.shards and not d.shards.startswith("pipe:"):
+            missing = [u for u in manifest.urls(split) if not os.path.exists(u)]
+            if missing:
+                raise DataError(f"{missing[0]}: shard listed in the manifest not found ({len(missing)} missing)")
+
+
+def model_args(cfg: Config, manifest: Manifest) -> dict:
+    """SVG's arguments besides its config: conditioning as the shards provide it (none with data.use_cond off)."""
+    return {"cond_dim": manifest.cond_dim if cfg.data.use_cond else 0, "n_past": cfg.data.n_past, "channels": 3}
+
+
+def build_model(cfg: Config, args: dict) -> SVG:
+    """The SVG of the recipe (seeded: identical on every rank), in channels-last format and compiled as asked.
+
+    `train.compile` compiles the encoder, decoder and the LSTMs in place (`Module.compile`), so the state dict
+    and the checkpoints are those of the eager model.
+    """
+    set_seed(cfg.train.seed)
+    model = SVG(cfg.model, **args)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        for module in (model.encoder, model.decoder, model.predictor, model.posterior, model.prior):
+            if module is not None:
+                module.compile()
+    return model
+
+
+def setup(cfg: Config) -> Run:
+    """Check the data, build or restore the run; every rank returns the same state."""
+    wandb_mode = resolve_wandb_mode(cfg.wandb.mode)
+    mp = None if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
+                      gradient_accumulation_steps=cfg.optim.grad_accum,
+                      log_with=None if wandb_mode == "disabled" else "wandb")
+    if acc.mixed_precision == "fp16" and acc.device.type == "cpu":
+        warnings.warn("fp16 mixed precision needs a GPU; on CPU accelerate trains in float32 (use bf16 on CPU)")
+    manifest = read_manifest(cfg.data.shards)
+    check_data(cfg, manifest)
+    run_dir = Path(cfg.train.run_dir)
+    if "{run_id}" in cfg.train.run_dir:
+        run_dir = Path(cfg.train.run_dir.replace("{run_id}", broadcast_object_list([new_run_id()])[0]))
+    resume, skipped = _agree_on_resume(acc, cfg.train.resume, run_dir)
+    meta = {"config": to_dict(cfg), "model_args": model_args(cfg, manifest)}
+    model = build_model(cfg, meta["model_args"])
+    optimizer = make_optimizer(model, cfg.optim.lr, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.weight_decay,
+                               acc.device)
+    model, optimizer = acc.prepare(model, optimizer)
+    set_seed(cfg.train.seed, device_specific=True)  # distinct noise per rank; identical weights from above
+    state = ckpt.TrainState()
+    if resume is not None:
+        state = ckpt.load_checkpoint(acc, resume, meta)
+        skipped += continuation_warnings(resume, acc.num_processes, acc.process_index, acc.mixed_precision)
+    run = Run(cfg, acc, model, acc.unwrap_model(model), optimizer, manifest, run_dir, meta, state,
+              RunLog(run_dir, acc.is_main_process), StopSignal(acc.num_processes))
+    for message in skipped:
+        if acc.is_main_process or "rank" in message:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+    _open_run_dir(run, resume, wandb_mode)
+    run.say(f"{run.unwrapped.param_count():,} parameters, {acc.num_processes} process(es) on {acc.device.type}, "
+            f"mixed precision {acc.mixed_precision}, run dir {run_dir}"
+            + (f", resuming from {resume}" if resume else ""))
+    return run
+
+
+def _agree_on_resume(acc: Accelerator, resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
+    """`resume_target` on the main process (it reads every checkpoint file once), shared with the others."""
+    answer = [None, [], ""]
+    if acc.is_main_process:
+        try:
+            path, skipped = resume_target(resume, run_dir)
+            answer = [None if path is None else str(path), skipped, ""]
+        except ToolkitError as e:
+            answer = [None, [], str(e)]
+    if acc.num_processes > 1:
+        answer = broadcast_object_list(answer)
+    if answer[2]:
+        raise ToolkitError(answer[2])
+    return (None if answer[0] is None else Path(answer[0])), answer[1]
+
+
+def _open_run_dir(run: Run, resume: Path | None, wandb_mode: str) -> None:
+    """config.yaml, the run log cut back to the checkpoint, the W&B run id (main process), then W&B."""
+    state, acc = run.state, run.accelerator
+    if acc.is_main_process:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_temporaries(run.run_dir)
+        atomic_write_text(run.run_dir / "config.yaml", dump_yaml(run.cfg))
+        run.log.truncate(state.global_step, state.validation_due)  # drop what a killed run logged after it
+        state.wandb_run_id = state.wandb_run_id or stored_run_id(run.run_dir) or new_run_id()
+        store_run_id(run.run_dir, state.wandb_run_id)
+    if acc.log_with:
+        init_wandb(acc, run.cfg.wandb, run.run_dir, state.wandb_run_id, wandb_mode, run.meta["config"])
+
+
+def param_checksum(model: torch.nn.Module) -> list[float]:
+    """Two float64 sums over all parameters (plain and position-weighted): equal on ranks in sync."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()]).cpu()
+    return [float(flat.sum()), float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum())]
