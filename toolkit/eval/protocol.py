@@ -34,6 +34,9 @@ class EvalResult:
     """Each metric in KEYS averaged over frames and sequences."""
     keys: list[str] = field(default_factory=list)
     """The sequences evaluated, sorted."""
+    per_sequence: dict[str, list[float]] = field(default_factory=dict)
+    """Best-of-N PSNR, best-of-N SSIM and copy-last PSNR of each sequence (in `keys` order), averaged over its
+    predicted frames: for paired comparisons of two models on the same sequences."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -108,7 +111,10 @@ def summarize(rows: list[dict], samples: int) -> EvalResult:
     rows = sorted(rows, key=lambda r: r["key"])
     per_frame = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(0).tolist() for k in KEYS}
     mean = {k: float(torch.tensor([r[k] for r in rows], dtype=torch.float64).mean()) for k in KEYS}
-    return EvalResult(count=len(rows), samples=samples, per_frame=per_frame, mean=mean, keys=[r["key"] for r in rows])
+    per_sequence = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(1).tolist()
+                    for k in ("psnr", "ssim", "baseline_psnr")}
+    return EvalResult(count=len(rows), samples=samples, per_frame=per_frame, mean=mean, keys=[r["key"] for r in rows],
+                      per_sequence=per_sequence)
 
 
 def broadcast_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
