@@ -182,7 +182,7 @@ def test_corrupt_sample_raises_data_error_naming_shard(tmp_path, num_workers):
     with pytest.raises(DataError) as e:
         collect(eval_loader(str(tmp_path / "out"), "train", 2, 12, num_workers=num_workers))
     # From a worker process the error carries the worker's traceback; the CLI shows only the cause.
-    expected = "corrupt PNG (broken data stream when reading image file)"
+    expected = "corrupt PNG (bad CRC in its IDAT chunk)"
     assert error_message(e.value) == f"{shard}: sample 'traj_0_to_255__0': {expected}"
 
 

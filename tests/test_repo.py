@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -60,3 +61,51 @@ def test_launch_sh_trains_a_recipe_with_overrides(tmp_path, pushing_shards):
     final = read_metrics(tmp_path / "run", "final")[-1]
     assert final["world_size"] == 2 and final["step"] == 3
     assert "final validation PSNR" in proc.stdout and "copy-last-frame baseline" in proc.stdout
+
+
+def function_lengths() -> dict[str, int]:
+    """Lines of every function in toolkit/, from `def` to its end, docstring excluded: {"path:name": lines}."""
+    lengths = {}
+    for path in sorted((REPO / "toolkit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = node.body[0]
+                doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str)
+                doc_lines = first.end_lineno - first.lineno + 1 if doc else 0
+                lengths[f"{path.relative_to(REPO)}:{node.name}"] = node.end_lineno - node.lineno + 1 - doc_lines
+    return lengths
+
+
+def test_every_function_in_the_package_fits_on_a_screen():
+    lengths = function_lengths()
+    longest = max(lengths, key=lengths.get)
+    print(f"longest function: {longest}, {lengths[longest]} lines")
+    assert len(lengths) > 100 and lengths[longest] <= 60, sorted(lengths.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_modules_stay_small_and_the_readme_lists_every_one():
+    readme = (REPO / "README.md").read_text()
+    for path in sorted((REPO / "toolkit").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        assert len(path.read_text().splitlines()) <= 300, f"{rel} is longer than 300 lines"
+        if path.name != "__init__.py":
+            assert f"`{rel}`" in readme, f"README.md's layout table does not list {rel}"
+
+
+def test_ruff_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_train_help_lists_every_config_key():
+    from toolkit.config import flat_keys
+
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "train", "--help"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0
+    for key in flat_keys():
+        assert f"--{key}  (" in proc.stdout, key
+    assert "--model.skip_from  (str, default 'reference', one of reference|last_context|previous)" in proc.stdout
+    assert "Directory or http(s) URL holding `manifest.json`" in proc.stdout  # the docstrings come along

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import hashlib
 import json
 from pathlib import Path
@@ -225,3 +227,27 @@ def test_verify_detects_count_mismatch_and_bad_manifest(bair_folders, tmp_path):
     (out / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="manifest.json: not valid JSON"):
         verify_shards(str(out), progress=False)
+
+
+def test_png_strip_windows_decode_exactly_and_other_encoders_fall_back():
+    from PIL import Image
+
+    from toolkit.data.shards import png
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (6, 8, 5, 3), dtype=np.uint8)
+    ours = png.png_bytes(frames.reshape(48, 5, 3))
+    buf = io.BytesIO()
+    Image.fromarray(frames.reshape(48, 5, 3)).save(buf, format="PNG")  # Pillow's adaptive row filters
+    for data in (ours, buf.getvalue()):
+        for start in range(6):
+            for count in range(1, 7 - start):
+                np.testing.assert_array_equal(png.decode_frames(data, 6, start, count), frames[start:start + count])
+    with pytest.raises(ValueError, match="does not hold 7 frames"):
+        png.decode_frames(ours, 7, 0, 1)
+    flipped = bytearray(ours)
+    flipped[60] ^= 0xFF  # inside the IDAT chunk: its CRC no longer matches
+    with pytest.raises(ValueError, match="bad CRC in its IDAT chunk"):
+        png.decode_frames(bytes(flipped), 6, 0, 1)
+    with pytest.raises(ValueError, match="truncated"):
+        png.decode_frames(ours[:70], 6, 0, 1)

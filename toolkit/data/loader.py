@@ -93,16 +93,16 @@ def _decode(src: Iterator[dict], m: Manifest, window: int, use_cond: bool, seed:
     frames_name = codec.frames_entry(m.encoding)
     for sample in src:
         where = f"{sample.get('__url__', '?')}: sample '{sample.get('__key__', '?')}'"
-        try:
-            frames = codec.decode_frames(sample[frames_name], m.encoding, m.seq_len)
+        start = rng.randint(0, m.seq_len - window) if rng is not None else 0
+        try:  # only the window's frames are decoded
+            frames = codec.decode_frames(sample[frames_name], m.encoding, m.seq_len, start, window)
             cond = codec.decode_cond(sample[codec.COND_ENTRY])
         except KeyError as e:
             raise DataError(f"{where}: missing entry {e}") from None
         except (ValueError, RuntimeError) as e:
             raise DataError(f"{where}: {e}") from None
-        start = rng.randint(0, m.seq_len - window) if rng is not None else 0
         cond = cond[start:start + window] if use_cond else cond.new_zeros(window, 0)
-        yield frames[start:start + window], cond, sample["__key__"]
+        yield frames, cond, sample["__key__"]
 
 
 def _shard_error(exn: Exception) -> bool:
