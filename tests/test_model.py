@@ -2,16 +2,18 @@
 (`toolkit.model.reference`), per-step BatchNorm statistics, overfitting a few sequences, and bf16 autocast."""
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import REPO
 from toolkit.config import ModelConfig
 from toolkit.model import SVG, kl_divergence
 from toolkit.model.reference import reference_loss
-from toolkit.model.vgg64 import batch_norm
+from toolkit.model.vgg64 import batch_norm, per_step_batch_norm
 
 B, T, N_PAST = 3, 5, 2
 
@@ -107,13 +109,13 @@ def test_default_parameter_count():
     assert 21_000_000 <= n <= 23_000_000
 
 
-def test_decoder_skip_index_equals_repeated_skips():
+def test_decoder_skip_repeats_equal_repeated_skips():
     model = tiny().double().eval()
-    _, skips = model.encoder(torch.rand(2, 3, 64, 64, dtype=torch.float64))
-    h = torch.randn(5, 16, dtype=torch.float64)
-    skip_index = torch.tensor([0, 1, 1, 0, 1])
-    expected = model.decoder(h, [s[skip_index] for s in skips])
-    assert torch.allclose(model.decoder(h, skips, skip_index), expected, rtol=1e-12, atol=1e-14)
+    _, skips = model.encoder(torch.rand(2 * 3, 3, 64, 64, dtype=torch.float64))  # 2 skip frames x 3 sequences
+    h = torch.randn(5 * 3, 16, dtype=torch.float64)  # 5 steps x 3 sequences, time-major
+    rows = [0, 1, 2] + [3, 4, 5] * 4  # step 1 uses skip frame 0, steps 2-5 skip frame 1
+    expected = model.decoder(h, [s[rows] for s in skips])
+    assert torch.allclose(model.decoder(h, skips, [1, 4]), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_bad_shapes_raise():
@@ -178,15 +180,36 @@ def test_forward_equals_the_reference_loop_in_eval_mode(bn_stats, tf):
     assert torch.allclose(out["loss"], expected["loss"], rtol=1e-12, atol=0)
 
 
-def test_per_step_running_statistics_average_the_steps():
-    bn = torch.nn.BatchNorm2d(3, momentum=1.0).train()
-    x = torch.randn(4 * 5, 3, 6, 6)  # 4 sequences x 5 steps, sequence-major
+def test_per_step_batch_norm_normalizes_each_step_as_a_call_of_its_own():
+    bn = torch.nn.BatchNorm2d(3).train()
+    ref = copy.deepcopy(bn)
+    x = torch.randn(5 * 4, 3, 6, 6) * torch.arange(1, 21.0)[:, None, None, None]  # 5 steps x 4 sequences
     y = batch_norm(bn, x, groups=5)
-    steps = x.view(4, 5, 3, 6, 6)
-    for t in range(5):  # step t normalized on its own
-        assert torch.allclose(y.view(4, 5, 3, 6, 6)[:, t], F.batch_norm(steps[:, t], None, None, training=True),
-                              atol=1e-5)
-    assert torch.allclose(bn.running_mean, steps.mean(dim=(0, 3, 4)).mean(0), atol=1e-6)
+    for t in range(5):  # step t normalized on its own, the running statistics updated once per step
+        assert torch.allclose(y[4 * t:4 * t + 4], ref(x[4 * t:4 * t + 4]), atol=1e-6)
+    assert torch.allclose(bn.running_mean, ref.running_mean) and torch.allclose(bn.running_var, ref.running_var)
+    assert int(bn.num_batches_tracked) == 5
+    assert torch.equal(batch_norm(bn.eval(), x, groups=5), bn(x))  # eval mode: the running statistics
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_gpu_form_of_per_step_batch_norm_equals_one_call_per_step(momentum):
+    scale = torch.arange(1, 21.0, dtype=torch.float64)[:, None, None, None]  # steps with different statistics
+    x = torch.randn(5 * 4, 3, 6, 6, dtype=torch.float64) * scale
+    chunked = torch.nn.BatchNorm2d(3, momentum=momentum).double().train()
+    torch.nn.init.normal_(chunked.weight)
+    torch.nn.init.normal_(chunked.bias)
+    vectorized = copy.deepcopy(chunked)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = torch.cat([chunked(block) for block in x1.chunk(5)])
+    y2 = per_step_batch_norm(vectorized, x2, 5)
+    assert torch.allclose(y1, y2, rtol=1e-12, atol=1e-12)
+    (y1 ** 3).sum().backward()
+    (y2 ** 3).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(chunked.weight.grad, vectorized.weight.grad, rtol=1e-10)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(chunked, name).double(), getattr(vectorized, name).double(), rtol=1e-12), name
 
 
 def moving_squares(n, t, seed=0):
@@ -233,3 +256,25 @@ def test_bf16_autocast_forward_keeps_kl_float32():
     expected = -0.5 * (1 + logvar.float() - mu.float() ** 2 - logvar.float().exp()).sum() / B
     assert kl.dtype == torch.float32 and torch.equal(kl, expected)
     out["loss"].backward()
+
+
+def test_gradients_are_bitwise_reproducible_with_several_threads():
+    # Exact resume rests on this: two processes with 2 intra-op threads must compute the same gradients bit for
+    # bit (an indexed gather of the shared decoder skips once made the scatter-add of its backward order-dependent).
+    script = """
+import hashlib, torch
+from toolkit.config import ModelConfig
+from toolkit.model import SVG
+torch.set_num_threads(2)
+torch.manual_seed(0)
+model = SVG(ModelConfig(width=0.125, g_dim=16, z_dim=4, rnn_size=32, skip_from="last_context"), 7, 2)
+model = model.to(memory_format=torch.channels_last)
+g = torch.Generator().manual_seed(1)
+frames, cond = torch.rand(2, 12, 3, 64, 64, generator=g), torch.randn(2, 12, 7, generator=g)
+model(frames, cond)["loss"].backward()
+print(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+            for _ in range(3)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert len({r.stdout for r in runs}) == 1

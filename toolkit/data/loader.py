@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
+import os
 import random
 import signal
 import warnings
@@ -117,8 +118,11 @@ def _collate(items: list[tuple]) -> Batch:
 
 
 def _worker_init(worker_id: int) -> None:
-    """Workers ignore Ctrl-C: the trainer handles SIGINT in the main process and stops at a step boundary."""
+    """Workers leave the trainer's process group and ignore Ctrl-C: a signal sent to the whole group (a terminal's
+    Ctrl-C, `timeout`, `kill -TERM -PGID`) reaches only the trainer, which stops at a step boundary and shuts its
+    workers down itself; a SIGTERM addressed to a worker (multiprocessing's clean-up at exit) still ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.setpgrp()
 
 
 def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:

@@ -10,6 +10,7 @@ batch); the result lists per-frame curves and their means.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, field
 
@@ -61,6 +62,19 @@ PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Evaluation precisions: float32 (`no`, the default everywhere) or an autocast dtype."""
 
 
+@contextlib.contextmanager
+def true_float32(enabled: bool = True):
+    """cuDNN convolutions and cuBLAS products in IEEE float32 rather than TF32 (10-bit mantissas, on by default
+    for cuDNN on Ampere and newer), so float32 scores on a GPU agree with a CPU's to float32 rounding."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: int, n_future: int,
              samples: int = 1, seed: int = 0, keep: int = 0, precision: str = "no") -> tuple[EvalResult, list[tuple]]:
@@ -77,7 +91,8 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
     for batch in loader:
         frames, cond = batch.to(accelerator.device)
         past, future = frames[:, :n_past], frames[:, n_past:n_past + n_future]
-        with torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype is not None), \
+                true_float32(dtype is None):
             preds = torch.stack([model.generate(past, cond, n_future, batch_noise(model, batch.keys, seed, s,
                                                                                   n_future).to(past.device)).float()
                                  for s in range(samples)])  # [N, B, n_future, C, H, W]

@@ -85,7 +85,8 @@ class SVG(nn.Module):
         from the default generator.
 
         `teacher_forcing` (decided by the caller, one decision per batch): inputs are the ground-truth frames;
-        all T frames are encoded in ONE encoder call on [B*T, C, H, W], the LSTMs run step by step, and all T-1
+        all T frames are encoded in ONE encoder call on [T*B, C, H, W] (time-major), the LSTMs run step by step,
+        and all T-1
         predictions are decoded in ONE decoder call (a skip frame shared by several steps goes through the skip
         half of each decoder block's first convolution once). Without it, inputs after the context are the
         model's own (non-detached) previous predictions, encoded and decoded step by step (targets are still
@@ -97,19 +98,20 @@ class SVG(nn.Module):
         if T < 2 or cond.shape[:2] != (B, T) or cond.shape[2] != self.cond_dim:
             raise ValueError(f"SVG.forward: need frames [B, T>=2, C, H, W] and cond [B, T, {self.cond_dim}], "
                              f"got {tuple(frames.shape)} and {tuple(cond.shape)}")
-        per_step = self.cfg.bn_stats == "step"
-        h_all, skips_all = self.encoder(frames.reshape(B * T, C, H, W), groups=T if per_step else 1)
-        h_all = h_all.view(B, T, -1)
-        skips_all = [s.view(B, T, *s.shape[1:]) for s in skips_all]
+        groups = T if self.cfg.bn_stats == "step" else 1
+        x = frames.transpose(0, 1)  # time-major [T, B, ...]: a step's frames are one contiguous block
+        h_all, skips_all = self.encoder(x.reshape(T * B, C, H, W), groups=groups)
+        h_all = h_all.view(T, B, -1)
+        skips_all = [s.view(T, B, *s.shape[1:]) for s in skips_all]
         post_state = prior_state = pred_state = None
         mus, logvars, prior_mus, prior_logvars, preds = [], [], [], [], []
         x_prev = None
         for i in range(1, T):
             if teacher_forcing or i - 1 < self.n_past:
-                h_in, skips_in = h_all[:, i - 1], [s[:, i - 1] for s in skips_all]
+                h_in, skips_in = h_all[i - 1], [s[i - 1] for s in skips_all]
             else:
                 h_in, skips_in = self.encoder(x_prev)
-            (z, mu, logvar), post_state = self.posterior(h_all[:, i], post_state)
+            (z, mu, logvar), post_state = self.posterior(h_all[i], post_state)
             if self.prior is not None:
                 (_, pmu, plogvar), prior_state = self.prior(h_in, prior_state, sample=False)
                 prior_mus.append(pmu)
@@ -121,14 +123,13 @@ class SVG(nn.Module):
                 preds.append(h_pred)
             else:
                 j = self.skip_source(i)
-                skips = skips_in if j == i - 1 else [s[:, j] for s in skips_all]
-                x_prev = self.decoder(h_pred, skips)
+                x_prev = self.decoder(h_pred, skips_in if j == i - 1 else [s[j] for s in skips_all])
                 preds.append(x_prev)
         if teacher_forcing:
-            x_pred = self._decode_batched(torch.stack(preds, 1), skips_all, per_step)
+            x_pred = self._decode_batched(torch.stack(preds), skips_all, groups > 1)
         else:
-            x_pred = torch.stack(preds, 1)
-        mse = (_at_least_float32(x_pred) - _at_least_float32(frames[:, 1:])).pow(2).mean(dim=(0, 2, 3, 4)).sum()
+            x_pred = torch.stack(preds)
+        mse = (_at_least_float32(x_pred) - _at_least_float32(x[1:])).pow(2).mean(dim=(1, 2, 3, 4)).sum()
         mu, logvar = torch.stack(mus, 1), torch.stack(logvars, 1)
         if self.prior is None:
             kld = kl_divergence(mu, logvar)
@@ -137,24 +138,23 @@ class SVG(nn.Module):
         return {"loss": mse + beta * kld, "mse": mse, "kld": kld}
 
     def _decode_batched(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], per_step: bool) -> torch.Tensor:
-        """Decode h_pred [B, T-1, g_dim] (step i at position i-1) in one decoder call -> [B, T-1, C, H, W].
+        """Decode h_pred [T-1, B, g_dim] (time-major, step i at position i-1) in one decoder call
+        -> [T-1, B, C, H, W].
 
-        Skips come from frames `skip_source(i)`; when several steps share a skip frame, only the distinct frames
-        are passed and the decoder maps rows to them with a skip index.
+        Skips come from frames `skip_source(i)` of skips_all [T, B, ...]; when several steps share a skip frame,
+        only the distinct frames are passed, with how many consecutive steps each serves.
         """
-        B, steps = h_pred.shape[:2]
+        steps, B = h_pred.shape[:2]
         idx = [self.skip_source(i) for i in range(1, steps + 1)]
         frames = sorted(set(idx))
-        h = h_pred.reshape(B * steps, -1)
+        h = h_pred.reshape(steps * B, -1)
         groups = steps if per_step else 1
-        if len(frames) == steps:
-            skips = [s[:, idx].flatten(0, 1) for s in skips_all]
-            x = self.decoder(h, skips, groups=groups)
+        if frames == list(range(idx[0], idx[0] + steps)):  # every step its own skip frame: a view
+            x = self.decoder(h, [s[idx[0]:idx[0] + steps].flatten(0, 1) for s in skips_all], groups=groups)
         else:
-            pos = torch.tensor([frames.index(j) for j in idx], device=h.device)
-            skip_index = (torch.arange(B, device=h.device)[:, None] * len(frames) + pos).flatten()
-            x = self.decoder(h, [s[:, frames].flatten(0, 1) for s in skips_all], skip_index, groups=groups)
-        return x.view(B, steps, *x.shape[1:])
+            repeats = [idx.count(j) for j in frames]  # idx never decreases: each frame serves consecutive steps
+            x = self.decoder(h, [s[frames].flatten(0, 1) for s in skips_all], repeats, groups=groups)
+        return x.view(steps, B, *x.shape[1:])
 
     def noise_steps(self, n_future: int) -> int:
         """Rows of `generate`'s noise: one z per step, steps 1 .. n_past + n_future - 1."""

@@ -125,8 +125,9 @@ def setup(cfg: Config) -> Run:
         if acc.is_main_process or "rank" in message:
             print(f"warning: {message}", file=sys.stderr, flush=True)
     _open_run_dir(run, resume, wandb_mode)
-    run.say(f"{run.unwrapped.param_count():,} parameters, {acc.num_processes} process(es) on {acc.device.type}, "
-            f"mixed precision {acc.mixed_precision}, run dir {run_dir}"
+    run.say(f"{run.unwrapped.param_count():,} parameters, {acc.num_processes} process(es) "
+            f"({acc.distributed_type.value}) on {acc.device.type}, mixed precision {acc.mixed_precision}, "
+            f"run dir {run_dir}"
             + (f", resuming from {resume}" if resume else ""))
     return run
 
