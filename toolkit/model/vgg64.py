@@ -49,7 +49,8 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor
 
 def per_step_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor:
     """Training-mode BatchNorm of each of the `groups` row blocks of x on its own, in one pass."""
-    xv = x.view(groups, -1, *x.shape[1:])  # [T, B, C, H, W]
+    xv = x.view(groups, -1, *x.shape[1:])  # [T, B, C, H, W], at least float32: bf16 statistics are too coarse
+    xv = xv.to(torch.promote_types(x.dtype, torch.float32))
     var, mean = torch.var_mean(xv, dim=(1, 3, 4), keepdim=True, correction=0)
     shape = (1, 1, -1, 1, 1)
     y = (xv - mean) * torch.rsqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
@@ -57,7 +58,7 @@ def per_step_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> tor
         n = xv[0].numel() // xv.shape[2]  # values per channel and block
         with torch.no_grad():
             _update_running(bn, mean.view(groups, -1), var.view(groups, -1) * (n / max(n - 1, 1)))
-    return y.view_as(x)
+    return y.view_as(x).to(x.dtype)
 
 
 def _update_running(bn: nn.BatchNorm2d, means: torch.Tensor, variances: torch.Tensor) -> None:
