@@ -71,7 +71,7 @@ def tiny_recipe(path: Path, shards: str, run_dir: Path, **sections) -> Path:
     data = {"data": {"shards": shards, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
             "model": dict(TINY_MODEL),
             "train": {"run_dir": str(run_dir), "epochs": 3, "epoch_size": 4, "eval_every": 2,
-                      "log_every": 1, "num_gifs": 1, "progress": False},
+                      "log_every": 1, "num_gifs": 1, "progress": False, "bn_batches": 2},
             "wandb": {"mode": "disabled"}}
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)

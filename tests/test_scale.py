@@ -198,3 +198,38 @@ def test_two_node_launch_on_localhost_keeps_ranks_identical(tmp_path, pushing_sh
     assert final["world_size"] == 2 and final["step"] == 3
     assert len(final["param_checksums"]) == 2 and final["param_checksums"][0] == final["param_checksums"][1]
     assert "final validation PSNR" in outputs[0][0]
+
+
+def test_checkpoints_hold_batchnorm_statistics_reestimated_without_changing_training(tmp_path, pushing_shards):
+    from safetensors.torch import load_file
+
+    from toolkit.data.loader import train_loader
+    from toolkit.train.batchnorm import batchnorm_seed
+    from toolkit.train.checkpoint import load_model
+
+    runs = {}
+    for n in (0, 3):
+        recipe = tiny_recipe(tmp_path / f"r{n}.yaml", pushing_shards, tmp_path / f"bn{n}",
+                             train={"epochs": 2, "epoch_size": 3, "eval_every": 1, "bn_batches": n})
+        assert run_toolkit("train", str(recipe)).returncode == 0
+        runs[n] = [r for r in comparable(tmp_path / f"bn{n}") if r["kind"] != "val"]
+    assert runs[0] == runs[3]  # training never reads the running statistics, and the RNG streams are untouched
+    ckpt = tmp_path / "bn3" / "checkpoints" / "epoch_000002"
+    model, cfg, _ = load_model(ckpt)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    torch.manual_seed(batchnorm_seed(1, 2))
+    with torch.no_grad():  # the estimate, recomputed: the average over 3 batches of the stream (seed, -1 - epoch)
+        for batch in train_loader(pushing_shards, "train", 2, 3, 12, seed=1, epoch=-3, num_workers=0,
+                                  shuffle_buffer=4):
+            model(*batch.to("cpu"), True, 0.0)
+    saved = load_file(ckpt / "model.safetensors")
+    for name, buffer in model.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.allclose(saved[name], buffer, rtol=1e-5, atol=1e-7), name
+    assert not torch.equal(saved["encoder.c1.0.1.running_mean"],
+                           load_file(tmp_path / "bn0" / "checkpoints" / "epoch_000002" / "model.safetensors")[
+                               "encoder.c1.0.1.running_mean"])

@@ -148,6 +148,7 @@ def validate(cfg: Config) -> None:
         ("schedule.kl_anneal_ratio", 0 < cfg.schedule.kl_anneal_ratio <= 1, "in (0, 1]"),
         ("schedule.beta", cfg.schedule.beta >= 0, ">= 0"),
         ("train.num_gifs", cfg.train.num_gifs >= 0, ">= 0"),
+        ("train.bn_batches", cfg.train.bn_batches >= 0, ">= 0"),
         ("train.epoch_size", cfg.train.epoch_size % cfg.optim.grad_accum == 0, "a multiple of optim.grad_accum"),
     ]
     for dotted, ok, what in checks:

@@ -136,6 +136,10 @@ class TrainConfig:
     compile: bool = False
     """`torch.compile` the encoder, decoder and LSTMs (in place: checkpoints are unchanged); the first steps
     take longer while it compiles."""
+    bn_batches: int = 20
+    """Before every validation and checkpoint, replace the BatchNorm running statistics by their average over
+    this many training batches with the current weights (0: keep the running averages of training, which
+    reflect little more than the last batch or two; see toolkit/train/batchnorm.py)."""
     eval_precision: str = "no"
     """Precision of validation: `no` (float32, as `cvae eval` by default) or `bf16`/`fp16` autocast."""
 

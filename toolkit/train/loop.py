@@ -24,6 +24,7 @@ from toolkit.config import Config
 from toolkit.data.loader import train_loader
 from toolkit.errors import ToolkitError
 from toolkit.train import checkpoint as ckpt
+from toolkit.train.batchnorm import reestimate_batchnorm
 from toolkit.train.runlog import read_metrics
 from toolkit.train.schedules import schedule_values, teacher_forcing_on
 from toolkit.train.setup import Run, param_checksum, setup
@@ -88,6 +89,7 @@ def run_epoch(run: Run) -> tuple[float, int]:
     state.epoch_sums = values["epoch_sums"]
     check_nonfinite(run, values["skipped"])
     if run.stopped and state.step_in_epoch < cfg.train.epoch_size:
+        reestimate_batchnorm(run, cfg.train.bn_batches)
         path = ckpt.save_checkpoint(acc, run.run_dir, ckpt.checkpoint_name(epoch, state.step_in_epoch), state,
                                     run.meta, cfg.train.keep_last)
         run.say(f"stopped by a signal in epoch {epoch + 1} after batch {state.step_in_epoch}: saved {path}; "
@@ -139,11 +141,15 @@ def end_epoch(run: Run, seconds: float, batches: int) -> None:
                             step=state.global_step)
     state.epoch, state.step_in_epoch, state.epoch_sums = state.epoch + 1, 0, []
     last_epoch = state.epoch == cfg.train.epochs
-    if state.epoch % cfg.train.eval_every == 0 or last_epoch:
+    validating = state.epoch % cfg.train.eval_every == 0 or last_epoch
+    saving = state.epoch % cfg.train.checkpoint_every == 0 or last_epoch or run.stopped
+    if validating or saving:
+        reestimate_batchnorm(run, cfg.train.bn_batches)
+    if validating:
         state.validation_due = True
         if not run.stopped:
             validate(run)
-    if state.epoch % cfg.train.checkpoint_every == 0 or last_epoch or run.stopped:
+    if saving:
         path = ckpt.save_checkpoint(run.accelerator, run.run_dir, ckpt.checkpoint_name(state.epoch), state, run.meta,
                                     cfg.train.keep_last)
         if run.stopped:
