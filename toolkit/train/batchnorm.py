@@ -31,16 +31,16 @@ def batchnorm_layers(model: torch.nn.Module) -> list[_BatchNorm]:
 
 
 @torch.no_grad()
-def reestimate_batchnorm(run, batches: int) -> None:
-    """Replace every BatchNorm layer's running mean and variance of `run.unwrapped` with their cumulative
-    average over `batches` training batches (all ranks call this; afterwards they hold the same statistics)."""
-    layers = batchnorm_layers(run.unwrapped)
+def reestimate_batchnorm(model: torch.nn.Module, manifest, cfg, acc, epoch: int, batches: int) -> None:
+    """Replace every BatchNorm layer's running mean and variance of `model` (unwrapped SVG) with their cumulative
+    average over `batches` training batches of the stream (cfg.train.seed, -1 - epoch), `epoch` being the
+    epochs completed (all ranks call this; afterwards they hold the same statistics)."""
+    layers = batchnorm_layers(model)
     if batches < 1 or not layers:
         return
-    cfg, acc, model = run.cfg, run.accelerator, run.unwrapped
     d = cfg.data
-    loader = train_loader(run.manifest, d.train_split, d.batch_size, batches, d.n_past + d.n_future,
-                          seed=cfg.train.seed, epoch=-1 - run.state.epoch, rank=acc.process_index,
+    loader = train_loader(manifest, d.train_split, d.batch_size, batches, d.n_past + d.n_future,
+                          seed=cfg.train.seed, epoch=-1 - epoch, rank=acc.process_index,
                           world_size=acc.num_processes, num_workers=0, shuffle_buffer=d.shuffle_buffer,
                           random_window=d.random_window, use_cond=d.use_cond)
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
@@ -50,7 +50,7 @@ def reestimate_batchnorm(run, batches: int) -> None:
     was_training = model.training
     devices = [acc.device] if acc.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), acc.autocast():
-        torch.manual_seed(batchnorm_seed(cfg.train.seed, run.state.epoch))  # the posterior's noise
+        torch.manual_seed(batchnorm_seed(cfg.train.seed, epoch))  # the posterior's noise
         model.train()
         for batch in loader:
             frames, cond = batch.to(acc.device)

@@ -89,7 +89,7 @@ def run_epoch(run: Run) -> tuple[float, int]:
     state.epoch_sums = values["epoch_sums"]
     check_nonfinite(run, values["skipped"])
     if run.stopped and state.step_in_epoch < cfg.train.epoch_size:
-        reestimate_batchnorm(run, cfg.train.bn_batches)
+        reestimate_batchnorm(run.unwrapped, run.manifest, cfg, acc, epoch, cfg.train.bn_batches)
         path = ckpt.save_checkpoint(acc, run.run_dir, ckpt.checkpoint_name(epoch, state.step_in_epoch), state,
                                     run.meta, cfg.train.keep_last)
         run.say(f"stopped by a signal in epoch {epoch + 1} after batch {state.step_in_epoch}: saved {path}; "
@@ -144,7 +144,7 @@ def end_epoch(run: Run, seconds: float, batches: int) -> None:
     validating = state.epoch % cfg.train.eval_every == 0 or last_epoch
     saving = state.epoch % cfg.train.checkpoint_every == 0 or last_epoch or run.stopped
     if validating or saving:
-        reestimate_batchnorm(run, cfg.train.bn_batches)
+        reestimate_batchnorm(run.unwrapped, run.manifest, cfg, run.accelerator, state.epoch, cfg.train.bn_batches)
     if validating:
         state.validation_due = True
         if not run.stopped:
