@@ -10,8 +10,9 @@ All steps are compute only (a fixed random batch of `--batch` sequences of 12 fr
 except the loader line. On a CPU every process runs one thread.
 
 - step: seconds per training step (forward, backward, Adam) of the toolkit's trainer step
-  (`train.step.train_micro_batch` under Accelerate, channels_last as the trainer's default) and of the straight
-  port of the reference loop (`toolkit.model.reference`, NCHW as the reference runs, one Adam per module).
+  (`train.step.train_micro_batch` under Accelerate, channels_last as the trainer's default, and NCHW) and of
+  the straight port of the reference loop (`toolkit.model.reference`, NCHW as the reference runs, one Adam per
+  module).
 - compile: the same trainer step with `train.compile` (torch.compile of encoder, decoder and LSTMs).
 - scaling: sequences/s of 1 process and of 2 DDP processes (gloo, `accelerate launch`); efficiency = the 2
   processes' total / twice the single process's.
@@ -117,6 +118,8 @@ def step_section(args, name: str) -> dict:
             continue
         model = copy.deepcopy(base).to(memory_format=torch.channels_last)
         variants[label], _ = trainer_step(compiled(model) if use_compile else model, device, precision)
+    if device == "cpu" and args.compile != "only":  # the memory format the trainer defaults to, measured
+        variants["toolkit, NCHW"], _ = trainer_step(copy.deepcopy(base), device, precision)
     if device == "cuda" and args.compile != "only":  # the cost of per-step BatchNorm statistics on a GPU
         model = make_model(name, device, channels_last=True, bn_stats="batch")
         variants["toolkit, bn_stats batch"], _ = trainer_step(model, device, precision)

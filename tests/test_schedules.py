@@ -1,6 +1,9 @@
 """Schedules: teacher forcing closed form vs the lab's loop, KL weights vs Fu et al.'s frange_cycle_linear."""
 
+import math
+
 import numpy as np
+
 import pytest
 
 from toolkit.config import ScheduleConfig
@@ -94,3 +97,16 @@ def test_schedule_values_epoch_and_step_granularity():
     ref = frange_cycle_linear(100, 0.0, 1.0, 2, 0.5) * 1e-4
     ours = [schedule_values(cfg, s // 10, s % 10, 10, 10)[1] for s in range(100)]
     np.testing.assert_allclose(ours, ref, atol=1e-15)
+
+
+def test_learning_rate_warm_up_then_cosine():
+    from toolkit.config import OptimConfig
+    from toolkit.train.schedules import learning_rate
+
+    constant = OptimConfig(lr=0.004)
+    assert [learning_rate(constant, k, 10) for k in (0, 5, 9)] == [0.004] * 3
+    cfg = OptimConfig(lr=1.0, lr_schedule="cosine", lr_final=0.1, warmup_steps=2)
+    rates = [learning_rate(cfg, k, 10) for k in range(10)]
+    assert rates[:3] == [0.5, 1.0, 1.0] and rates[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates[2:], rates[3:]))  # falls monotonically after the warm-up
+    assert rates[5] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 7)))

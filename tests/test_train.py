@@ -20,6 +20,7 @@ from toolkit.train.checkpoint import list_checkpoints, read_checkpoint_meta
 from toolkit.config import ModelConfig, load_config
 from toolkit.model import SVG
 from toolkit.train.runlog import read_metrics
+from toolkit.train.schedules import learning_rate
 from toolkit.train.setup import param_checksum
 
 
@@ -203,7 +204,9 @@ def test_wandb_offline_run_is_continued_on_resume(tmp_path, shards):
 
 
 def test_accumulation_clipping_bf16_learned_prior_and_schedules_train_together(tmp_path, shards):
-    path = recipe(tmp_path, shards, model={"prior": "learned"}, optim={"grad_accum": 2, "grad_clip": 1.0},
+    path = recipe(tmp_path, shards, model={"prior": "learned"},
+                  optim={"grad_accum": 2, "grad_clip": 1.0, "lr_schedule": "cosine", "warmup_steps": 1,
+                         "lr_final": 0.1},
                   data={"random_window": True},
                   schedule={"kl_anneal": "cyclical", "kl_anneal_cycle": 2, "kl_per_step": True, "tfr": 1.0,
                             "tfr_decay_step": 0.5, "tfr_lower_bound": 0.2},
@@ -215,6 +218,9 @@ def test_accumulation_clipping_bf16_learned_prior_and_schedules_train_together(t
     assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 4 batches per epoch, 2 per optimizer step
     assert all(torch.isfinite(torch.tensor([r["loss"], r["mse"], r["kld"]])).all() for r in steps)
     assert [round(r["tfr"], 6) for r in steps] == [1.0, 1.0, 0.5, 0.5]  # decays after epoch 0
+    cfg = load_config(path)  # warm-up, then a cosine from 0.002 down to 0.0002 at the last of the 4 steps
+    assert [r["lr"] for r in steps] == [learning_rate(cfg.optim, k, 4) for k in range(4)]
+    assert steps[0]["lr"] == 0.002 and steps[-1]["lr"] == pytest.approx(0.0002)
     betas = [r["beta"] for r in steps]  # cyclical, per step: 2 cycles over 4 steps, ramp over half a cycle
     assert betas[0] == 0.0 and betas[2] == 0.0 and betas[1] > 0 and betas[3] > 0
     state, _ = read_checkpoint_meta(tmp_path / "run" / "checkpoints" / "epoch_000002")

@@ -141,6 +141,8 @@ def validate(cfg: Config) -> None:
         ("model.width", cfg.model.width > 0, "> 0"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.grad_clip", cfg.optim.grad_clip >= 0, ">= 0"),
+        ("optim.lr_final", 0 <= cfg.optim.lr_final <= 1, "in [0, 1]"),
+        ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, ">= 0"),
         ("schedule.tfr", 0 <= cfg.schedule.tfr <= 1, "in [0, 1]"),
         ("schedule.tfr_lower_bound", 0 <= cfg.schedule.tfr_lower_bound <= 1, "in [0, 1]"),
         ("schedule.tfr_decay_step", cfg.schedule.tfr_decay_step >= 0, ">= 0"),

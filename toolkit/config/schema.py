@@ -66,7 +66,13 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 0.002
-    """Adam learning rate (the reference's 0.002)."""
+    """Adam learning rate (the reference's 0.002); the peak of the schedule."""
+    lr_schedule: str = "constant"
+    """`constant` (the reference) or `cosine`: from lr down to lr * lr_final over the run's optimizer steps."""
+    lr_final: float = 0.05
+    """With the cosine schedule, the last step's learning rate as a fraction of lr."""
+    warmup_steps: int = 0
+    """Optimizer steps over which the learning rate rises linearly from 0 to lr first."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.999
@@ -172,6 +178,7 @@ class Config:
 
 CHOICES = {
     "model.prior": ("fixed", "learned"),
+    "optim.lr_schedule": ("constant", "cosine"),
     "model.skip_from": ("reference", "last_context", "previous"),
     "model.bn_stats": ("step", "batch"),
     "schedule.kl_anneal": ("monotonic", "cyclical", "none"),

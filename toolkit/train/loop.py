@@ -26,7 +26,7 @@ from toolkit.errors import ToolkitError
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.batchnorm import reestimate_batchnorm
 from toolkit.train.runlog import read_metrics
-from toolkit.train.schedules import schedule_values, teacher_forcing_on
+from toolkit.train.schedules import learning_rate, schedule_values, teacher_forcing_on
 from toolkit.train.setup import Run, param_checksum, setup
 from toolkit.train.step import Meter, train_micro_batch
 from toolkit.train.validation import validate
@@ -70,6 +70,8 @@ def run_epoch(run: Run) -> tuple[float, int]:
         tfr, beta = schedule_values(cfg.schedule, epoch, i // cfg.optim.grad_accum, steps_per_epoch, cfg.train.epochs)
         frames, cond = next(batches).to(acc.device)
         use_tf = teacher_forcing_on(cfg.train.seed, state.global_step, tfr)
+        for group in run.optimizer.param_groups:  # a pure function of the step: nothing to checkpoint
+            group["lr"] = learning_rate(cfg.optim, state.global_step, steps_per_epoch * cfg.train.epochs)
         stepped = train_micro_batch(acc, run.model, run.optimizer, meter, frames, cond, use_tf, beta,
                                     cfg.optim.grad_clip)
         bar.update(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from toolkit.config import CHOICES, ScheduleConfig
+from toolkit.config import CHOICES, OptimConfig, ScheduleConfig
 from toolkit.errors import ConfigError
 
 KL_MODES = CHOICES["schedule.kl_anneal"]
@@ -68,6 +68,18 @@ def schedule_values(cfg: ScheduleConfig, epoch: int, step_in_epoch: int, steps_p
         t, total = epoch, epochs
     w = kl_weight(t, total, cfg.kl_anneal, cfg.kl_anneal_cycle, cfg.kl_anneal_ratio)
     return tfr, cfg.beta * w
+
+
+def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of `total_steps`: a linear warm-up over
+    `warmup_steps`, then constant or a cosine from lr down to lr * lr_final at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(total_steps - 1 - cfg.warmup_steps, 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def unit_draw(*parts) -> float:
