@@ -89,6 +89,8 @@ def test_a_signal_on_the_last_batch_of_an_epoch_defers_its_validation(tmp_path, 
     resumed = train_in_process(load_config(path, [f"--train.run_dir={tmp_path / 'b'}", "--train.resume=auto"]))
     assert not resumed["stopped"] and comparable(tmp_path / "b") == comparable(tmp_path / "a")
     assert [r["epoch"] for r in read_metrics(tmp_path / "b", "val")] == [0, 1]
+    finals = read_metrics(tmp_path / "b", "final")  # the stopped run's final record gave way to the resumed one's
+    assert len(finals) == 1 and not finals[0]["stopped"] and read_metrics(tmp_path / "b")[-1]["kind"] == "final"
 
 
 def test_missing_splits_and_bad_windows_fail_before_training(tmp_path, pushing_shards):
@@ -170,6 +172,9 @@ def test_launcher_uses_every_gpu_and_fp16_without_bf16(monkeypatch, gpus, bf16, 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     config, extra = launcher.machine_config()
     assert (Path(config).name, extra) == expected and (REPO / config).is_file()
+    if gpus:  # several nodes: a distributed config even with one GPU each
+        config, extra = launcher.machine_config(nodes=2)
+        assert Path(config).name == f"multinode_{'bf16' if bf16 else 'fp16'}.yaml" and (REPO / config).is_file()
 
 
 def test_launcher_multinode_arguments_and_errors(monkeypatch):
@@ -233,3 +238,18 @@ def test_checkpoints_hold_batchnorm_statistics_reestimated_without_changing_trai
     assert not torch.equal(saved["encoder.c1.0.1.running_mean"],
                            load_file(tmp_path / "bn0" / "checkpoints" / "epoch_000002" / "model.safetensors")[
                                "encoder.c1.0.1.running_mean"])
+
+
+@pytest.mark.parametrize("loss_was_bad", [True, False])
+def test_a_non_finite_loss_does_not_halve_the_fp16_loss_scale(loss_was_bad):
+    from toolkit.train.step import scale_kept_if
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([param], fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(param.sum() * float("nan")).backward()
+    with scale_kept_if(scaler, torch.tensor(loss_was_bad)):
+        scaler.step(optimizer)
+        scaler.update()
+    assert torch.equal(param.detach(), torch.ones(3))  # skipped either way
+    assert scaler.get_scale() == (1024.0 if loss_was_bad else 512.0)  # an overflow alone halves it

@@ -26,14 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def machine_config() -> tuple[str, list[str]]:
-    """(accelerate config, extra arguments) for the GPUs of this machine, or the CPU."""
+def machine_config(nodes: int = 1) -> tuple[str, list[str]]:
+    """(accelerate config, extra arguments) for the GPUs of this machine, or the CPU; with several nodes always
+    a distributed config (one GPU per node is DDP too)."""
     import torch
 
     gpus = torch.cuda.device_count()
     if gpus == 0:
         return f"{CONFIGS}/cpu.yaml", []
     precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if nodes > 1:
+        return f"{CONFIGS}/multinode_{precision}.yaml", []
     if gpus == 1:
         return f"{CONFIGS}/gpu1_{precision}.yaml", []
     return f"{CONFIGS}/node8_{precision}.yaml", ["--num_processes", str(gpus)]
@@ -42,13 +45,13 @@ def machine_config() -> tuple[str, list[str]]:
 def launch_args(config: str | None = None, env: dict | None = None) -> list[str]:
     """`accelerate launch` arguments before the program: config, process count, node rank, address, port."""
     env = os.environ if env is None else env
+    nodes = int(env.get("NNODES", "1"))
     extra: list[str] = []
     if not config:
-        config, extra = machine_config()
+        config, extra = machine_config(nodes)
     if not os.path.isfile(config):
         raise FileNotFoundError(f"accelerate config not found: {config}")
     args = ["--config_file", config, *extra]
-    nodes = int(env.get("NNODES", "1"))
     if nodes > 1:
         per_node = int(env.get("GPUS_PER_NODE") or _visible_gpus() or 1)
         for name in ("MACHINE_RANK", "MASTER_ADDR"):

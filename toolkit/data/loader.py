@@ -125,7 +125,7 @@ def _worker_init(worker_id: int) -> None:
     os.setpgrp()
 
 
-def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
+def _loader(pipeline: wds.DataPipeline, num_workers: int, ready: int = 2) -> wds.WebLoader:
     """A WebLoader whose DataLoader draws its (unused) base seed from a private generator, not the global RNG,
     so creating a loader never shifts the training randomness (exact resume).
 
@@ -138,9 +138,11 @@ def _loader(pipeline: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
     `python -m toolkit` does.
     """
     kwargs = {}
-    if num_workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
-        multiprocessing.set_forkserver_preload(["__main__", "toolkit.data.loader"])  # __main__: where supported
-        kwargs["multiprocessing_context"] = "forkserver"
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = max(2, -(-ready // num_workers))  # batches kept ready, over all workers
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            multiprocessing.set_forkserver_preload(["__main__", "toolkit.data.loader"])  # __main__: where supported
+            kwargs["multiprocessing_context"] = "forkserver"
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
                          generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available(), **kwargs)
 
@@ -152,8 +154,12 @@ def _check_window(m: Manifest, window: int) -> None:
 
 def train_loader(m: Manifest | str, split: str, batch_size: int, n_batches: int, window: int, *, seed: int,
                  epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 2, shuffle_buffer: int = 256,
-                 random_window: bool = False, use_cond: bool = True) -> wds.WebLoader:
-    """Exactly `n_batches` shuffled training batches for this rank and epoch (deterministic given the seeds)."""
+                 random_window: bool = False, use_cond: bool = True, ready: int = 2) -> wds.WebLoader:
+    """Exactly `n_batches` shuffled training batches for this rank and epoch (deterministic given the seeds).
+
+    At least `ready` batches are kept decoded ahead: a SIGTERM sent to every process (a scheduler's
+    preemption) ends the workers too, and the trainer still needs the batches up to its next optimizer step.
+    """
     m = read_manifest(m) if isinstance(m, str) else m
     _check_window(m, window)
     urls = m.urls(split)
@@ -170,7 +176,7 @@ def train_loader(m: Manifest | str, split: str, batch_size: int, n_batches: int,
         functools.partial(_decode, m=m, window=window, use_cond=use_cond, seed=s if random_window else None),
         wds.batched(batch_size, collation_fn=_collate, partial=False),
     )
-    return _loader(pipeline, num_workers).with_epoch(n_batches)
+    return _loader(pipeline, num_workers, ready).with_epoch(n_batches)
 
 
 def eval_loader(m: Manifest | str, split: str, batch_size: int, window: int, *, rank: int = 0, world_size: int = 1,

@@ -149,11 +149,11 @@ class SVG(nn.Module):
         frames = sorted(set(idx))
         h = h_pred.reshape(steps * B, -1)
         groups = steps if per_step else 1
-        if frames == list(range(idx[0], idx[0] + steps)):  # every step its own skip frame: a view
-            x = self.decoder(h, [s[idx[0]:idx[0] + steps].flatten(0, 1) for s in skips_all], groups=groups)
-        else:
-            repeats = [idx.count(j) for j in frames]  # idx never decreases: each frame serves consecutive steps
-            x = self.decoder(h, [s[frames].flatten(0, 1) for s in skips_all], repeats, groups=groups)
+        # idx never decreases and its frames are consecutive: slices (an index list would be a blocking copy
+        # to the GPU), each frame serving a run of consecutive steps
+        skips = [s[frames[0]:frames[-1] + 1].flatten(0, 1) for s in skips_all]
+        repeats = None if len(frames) == steps else [idx.count(j) for j in frames]
+        x = self.decoder(h, skips, repeats, groups=groups)
         return x.view(steps, B, *x.shape[1:])
 
     def noise_steps(self, n_future: int) -> int:

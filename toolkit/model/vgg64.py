@@ -65,10 +65,11 @@ def _update_running(bn: nn.BatchNorm2d, means: torch.Tensor, variances: torch.Te
     """The running statistics after one module call per row of means/variances [T, C], in order."""
     steps = means.shape[0]
     if bn.momentum is None:  # cumulative averages: one update after the other
-        for mean, var in zip(means, variances):
-            bn.num_batches_tracked.add_(1)
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), 1.0 / float(bn.num_batches_tracked))
-            bn.running_var.lerp_(var.to(bn.running_var.dtype), 1.0 / float(bn.num_batches_tracked))
+        seen = int(bn.num_batches_tracked)  # one host read per call, not per step
+        for k, (mean, var) in enumerate(zip(means, variances), start=1):
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), 1.0 / (seen + k))
+            bn.running_var.lerp_(var.to(bn.running_var.dtype), 1.0 / (seen + k))
+        bn.num_batches_tracked.add_(steps)
         return
     m = bn.momentum  # r_T = (1 - m)^T r_0 + sum_t m (1 - m)^(T-1-t) s_t
     weights = m * (1 - m) ** torch.arange(steps - 1, -1, -1, device=means.device, dtype=torch.float64)

@@ -57,7 +57,7 @@ def run_epoch(run: Run) -> tuple[float, int]:
     loader = train_loader(run.manifest, d.train_split, d.batch_size, cfg.train.epoch_size, d.n_past + d.n_future,
                           seed=cfg.train.seed, epoch=epoch, rank=acc.process_index, world_size=acc.num_processes,
                           num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer, random_window=d.random_window,
-                          use_cond=d.use_cond)
+                          use_cond=d.use_cond, ready=cfg.optim.grad_accum + 1)  # enough to reach a stop point
     batches = iter(loader)
     for _ in range(start):  # a mid-epoch checkpoint: skip the batches already trained on
         next(batches)

@@ -32,12 +32,14 @@ class RunLog:
                 f.flush()
 
     def truncate(self, global_step: int, validation_due: bool = False) -> None:
-        """Drop the records a killed run logged after its checkpoint at `global_step` (the resumed run logs them
-        again): everything after that step and, when the checkpoint still owes its epoch's validation, a `val`
-        record at that step; `global_step` 0 clears the log."""
+        """Drop the records a stopped or killed run logged after its checkpoint at `global_step` (the resumed run
+        logs them again): everything after that step, its `final` records (the resumed run writes its own) and,
+        when the checkpoint still owes its epoch's validation, a `val` record at that step; `global_step` 0
+        clears the log."""
         if not self.enabled or not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path.parent) if global_step > 0 and r.get("step", 0) <= global_step
+                and r.get("kind") != "final"
                 and not (validation_due and r.get("kind") == "val" and r.get("step") == global_step)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 

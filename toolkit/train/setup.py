@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from toolkit.config import Config, dump_yaml, to_dict
 from toolkit.data.shards.manifest import Manifest, read_manifest
@@ -103,12 +103,11 @@ def setup(cfg: Config) -> Run:
                       log_with=None if wandb_mode == "disabled" else "wandb")
     if acc.mixed_precision == "fp16" and acc.device.type == "cpu":
         warnings.warn("fp16 mixed precision needs a GPU; on CPU accelerate trains in float32 (use bf16 on CPU)")
-    manifest = read_manifest(cfg.data.shards)
-    check_data(cfg, manifest)
+    manifest = agreed(acc, lambda: _read_and_check(cfg))
     run_dir = Path(cfg.train.run_dir)
     if "{run_id}" in cfg.train.run_dir:
         run_dir = Path(cfg.train.run_dir.replace("{run_id}", broadcast_object_list([new_run_id()])[0]))
-    resume, skipped = _agree_on_resume(acc, cfg.train.resume, run_dir)
+    resume, skipped = agreed(acc, lambda: resume_target(cfg.train.resume, run_dir), main_only=True)
     meta = {"config": to_dict(cfg), "model_args": model_args(cfg, manifest)}
     model = build_model(cfg, meta["model_args"])
     optimizer = make_optimizer(model, cfg.optim.lr, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.weight_decay,
@@ -132,20 +131,37 @@ def setup(cfg: Config) -> Run:
     return run
 
 
-def _agree_on_resume(acc: Accelerator, resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
-    """`resume_target` on the main process (it reads every checkpoint file once), shared with the others."""
-    answer = [None, [], ""]
-    if acc.is_main_process:
+def _read_and_check(cfg: Config) -> Manifest:
+    manifest = read_manifest(cfg.data.shards)
+    check_data(cfg, manifest)
+    return manifest
+
+
+def agreed(acc: Accelerator, fn, main_only: bool = False):
+    """fn() on every rank (its own result each), or on the main process only (its result shared). An error on
+    any rank is raised on every rank, so no rank waits forever in a collective for one that stopped: the
+    failing rank re-raises its own exception, the others a ToolkitError with its message."""
+    result, error = None, None
+    if not main_only or acc.is_main_process:
         try:
-            path, skipped = resume_target(resume, run_dir)
-            answer = [None if path is None else str(path), skipped, ""]
-        except ToolkitError as e:
-            answer = [None, [], str(e)]
-    if acc.num_processes > 1:
-        answer = broadcast_object_list(answer)
-    if answer[2]:
-        raise ToolkitError(answer[2])
-    return (None if answer[0] is None else Path(answer[0])), answer[1]
+            result = fn()
+        except Exception as e:  # passed on to the other ranks, then re-raised here
+            error = e
+    if acc.num_processes == 1:
+        if error is not None:
+            raise error
+        return result
+    message = "" if error is None else (str(error) if isinstance(error, ToolkitError) else f"{type(error).__name__}: "
+                                         f"{error}")
+    if main_only:
+        result, message = broadcast_object_list([result, message])
+    else:
+        message = next((m for m in gather_object([message]) if m), "")
+    if error is not None:
+        raise error
+    if message:
+        raise ToolkitError(message)
+    return result
 
 
 def _open_run_dir(run: Run, resume: Path | None, wandb_mode: str) -> None:

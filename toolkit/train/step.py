@@ -5,13 +5,14 @@ kld, non-finite flag, teacher forced] summed over ranks. A non-finite loss on an
 loss by NaN before backward, so the accumulated gradients of the window are non-finite everywhere; at the
 window's end the gradient norm is taken (and clipped when optim.grad_clip > 0), and the optimizer skips its
 update on the device when the norm is not finite: fused Adam reads `found_inf` (the interface GradScaler uses
-with fp16, which then skips by itself). Running sums stay on the device in float64 and are added in step
-order, so a resumed epoch continues them bit for bit; `Meter.read` is the only host sync (every log_every
-optimizer steps and at the end of an epoch).
+with fp16, which then skips by itself and keeps its scale when the cause was a non-finite loss). Running sums
+stay on the device in float64 and are added in step order, so a resumed epoch continues them bit for bit;
+`Meter.read` is the only host sync (every log_every optimizer steps and at the end of an epoch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -36,7 +37,7 @@ class Meter:
         """Record a micro-batch; returns the factor for its loss: 1, or NaN when some rank's loss is not finite."""
         loss = out["loss"].detach()
         local = torch.stack([loss, out["mse"].detach(), out["kld"].detach(), ~torch.isfinite(loss),
-                             torch.tensor(float(teacher_forcing), device=loss.device)]).double()
+                             loss.new_full((), float(teacher_forcing))]).double()  # a fill, not a host copy
         self.last = accelerator.reduce(local, "sum") if self.world > 1 else local
         ok = self.last[3] == 0
         one = torch.ones(1, dtype=torch.float64, device=loss.device)
@@ -44,15 +45,15 @@ class Meter:
         self.window_bad |= ~ok
         return torch.where(ok, 1.0, math.nan).to(loss.dtype)
 
-    def close_window(self, grad_norm: torch.Tensor, scaled: bool) -> torch.Tensor:
-        """End of an accumulation window: whether the optimizer must skip it (a non-finite gradient norm). A
-        skip counts as non-finite when the loss was not finite or, without an fp16 GradScaler (whose overflow
-        skips are routine), when the gradients were not."""
-        found = ~torch.isfinite(grad_norm)
-        self.skipped += self.window_bad if scaled else (self.window_bad | found)
-        self.window_bad = torch.zeros_like(self.window_bad)
+    def close_window(self, grad_norm: torch.Tensor, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """End of an accumulation window: (whether the optimizer must skip it: a non-finite gradient norm,
+        whether a loss in it was not finite). A skip counts as non-finite when the loss was not finite or,
+        without an fp16 GradScaler (whose overflow skips are routine), when the gradients were not."""
+        found, bad = ~torch.isfinite(grad_norm), self.window_bad
+        self.skipped += bad if scaled else (bad | found)
+        self.window_bad = torch.zeros_like(bad)
         self.grad_norm = grad_norm.detach().double()
-        return found
+        return found, bad
 
     def read(self) -> dict:
         """Host copy (the one sync): the last micro-batch's rank means, the epoch sums, steps skipped since the
@@ -73,10 +74,24 @@ def make_optimizer(model: torch.nn.Module, lr: float, betas: tuple[float, float]
                             foreach=None if fused else True)
 
 
-def _step_unless(accelerator: Accelerator, optimizer, found: torch.Tensor) -> None:
+@contextlib.contextmanager
+def scale_kept_if(scaler, keep: torch.Tensor):
+    """A GradScaler's scale and growth tracker come out of the block as they went in where `keep` (a device
+    bool) is true: a non-finite loss is not a loss-scale overflow, and halving the scale for each one would
+    leave small fp16 gradients at zero for thousands of steps. Decided on the device, no host sync."""
+    initialized = getattr(scaler, "_scale", None) is not None
+    saved = (scaler._scale.clone(), scaler._growth_tracker.clone()) if initialized else None
+    yield
+    if saved is not None:
+        scaler._scale.copy_(torch.where(keep, saved[0], scaler._scale))
+        scaler._growth_tracker.copy_(torch.where(keep, saved[1], scaler._growth_tracker))
+
+
+def _step_unless(accelerator: Accelerator, optimizer, found: torch.Tensor, loss_bad: torch.Tensor) -> None:
     inner = optimizer.optimizer  # the torch optimizer inside accelerate's wrapper
     if accelerator.scaler is not None:
-        optimizer.step()  # the GradScaler found the non-finite gradients itself
+        with scale_kept_if(accelerator.scaler, loss_bad):
+            optimizer.step()  # the GradScaler found the non-finite gradients itself
     elif getattr(inner, "_step_supports_amp_scaling", False):  # fused: skips on the device
         inner.found_inf = found.float()
         optimizer.step()
@@ -95,6 +110,6 @@ def train_micro_batch(accelerator: Accelerator, model, optimizer, meter: Meter, 
         if not accelerator.sync_gradients:
             return False
         norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-        _step_unless(accelerator, optimizer, meter.close_window(norm, accelerator.scaler is not None))
+        _step_unless(accelerator, optimizer, *meter.close_window(norm, accelerator.scaler is not None))
         optimizer.zero_grad(set_to_none=True)
         return True
