@@ -69,6 +69,13 @@ def test_eval_numbers_equal_a_direct_computation(tiny_run, pushing_shards, tmp_p
     assert report["mean"]["psnr"] >= report["mean"]["psnr_mean"]  # best-of-N can only be better
 
 
+# Per-sequence agreement between world sizes and batch sizes, in dB. Not bitwise: a float32 convolution sums in
+# an order that depends on the batch size, so the per-sequence MSE differs in its last bits (measured up to
+# 1.2e-7 dB, about one float32 ulp of the MSE); 1e-5 dB leaves room for other CPUs' kernels and is still far
+# below the 0.01 dB the table prints.
+EVAL_ATOL = 1e-5
+
+
 def z_dependent_checkpoint(tiny_run: Path, out: Path) -> Path:
     """The tiny run's best checkpoint with the paths from z to the frames amplified: a briefly trained model
     hardly uses z, so without this a test of the latents' seeding would pass whatever the seeding did."""
@@ -100,12 +107,12 @@ def test_eval_is_the_same_on_one_or_two_ranks_at_any_batch_size(tiny_run, pushin
     other_seed = eval_checkpoint(ckpt, pushing_shards, "test", samples=3, seed=6, out=tmp_path / "s6.json", quiet=True)
     for report in runs.values():
         for metric in ("psnr", "ssim", "baseline_psnr"):
-            np.testing.assert_allclose(report["per_sequence"][metric], two["per_sequence"][metric], rtol=0, atol=1e-7)
-        assert f"{report['mean']['psnr']:.4f}" == f"{two['mean']['psnr']:.4f}"  # what the table prints
-    # ... while the latents really matter: another seed, or another sample, moves every sequence by far more than
-    # that tolerance (floating-point differences between batch sizes are ~1e-9 dB here)
+            np.testing.assert_allclose(report["per_sequence"][metric], two["per_sequence"][metric], rtol=0,
+                                       atol=EVAL_ATOL)
+        assert abs(report["mean"]["psnr"] - two["mean"]["psnr"]) < EVAL_ATOL  # the table prints 0.01 dB
+    # ... while the latents really matter: another seed moves every sequence by well over that tolerance
     moved = np.abs(np.subtract(other_seed["per_sequence"]["psnr"], two["per_sequence"]["psnr"]))
-    assert moved.min() > 1e-5 and moved.mean() > 1e-4, moved
+    assert moved.min() > 10 * EVAL_ATOL and moved.mean() > 100 * EVAL_ATOL, moved
     assert two["mean"]["psnr"] - two["mean"]["psnr_mean"] > 1e-4
 
 
