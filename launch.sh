@@ -37,4 +37,7 @@ ensure_embedded() {  # name world train validate test
 grep -Eq '^\s*shards:\s*shards/pushing\s*$' "$recipe" && ensure_embedded pushing pushing 1000 100 100
 grep -Eq '^\s*shards:\s*shards/digits\s*$' "$recipe" && ensure_embedded digits shapes 1000 100 100
 
+# On SIGTERM/SIGINT torchrun's agent gives the trainers this long to finish the step and save a checkpoint
+# before it kills them (torch's default is 30 s, short for a large checkpoint on a slow disk).
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 exec accelerate launch "${args[@]}" -m toolkit train "$recipe" "$@"

@@ -57,14 +57,16 @@ def test_validation_is_scored_in_float32_as_cvae_eval_reports(tmp_path, pushing_
     proc = run_toolkit("train", str(recipe))
     assert proc.returncode == 0 and "mixed precision bf16" in proc.stdout, proc.stderr[-3000:]
     val = read_metrics(tmp_path / "run", "val")[-1]
-    report = eval_checkpoint(tmp_path / "run" / "checkpoints" / "best", pushing_shards, "validate", seed=1,
+    # cvae eval's default seed is the run's train.seed, so it reproduces the validation; another batch size
+    # changes only the float32 summation order (the tolerance of tests/test_eval.py)
+    report = eval_checkpoint(tmp_path / "run" / "checkpoints" / "best", pushing_shards, "validate",
                              batch_size=3, out=tmp_path / "e.json", quiet=True)
-    assert report["precision"] == "no" and report["count"] == val["count"] == 4
-    assert report["mean"]["psnr"] == pytest.approx(val["psnr"], abs=1e-7)  # the best checkpoint's own numbers
-    assert report["per_frame"]["ssim"] == pytest.approx(val["ssim_per_frame"], abs=1e-7)
+    assert report["precision"] == "no" and report["count"] == val["count"] == 4 and report["seed"] == 1
+    assert report["mean"]["psnr"] == pytest.approx(val["psnr"], abs=1e-5)  # the best checkpoint's own numbers
+    assert report["per_frame"]["ssim"] == pytest.approx(val["ssim_per_frame"], abs=1e-6)
     bf16 = eval_checkpoint(tmp_path / "run" / "checkpoints" / "best", pushing_shards, "validate", seed=1,
                            precision="bf16", out=tmp_path / "b.json", quiet=True)
-    assert abs(bf16["mean"]["psnr"] - val["psnr"]) > 1e-6  # bf16 would have given other numbers
+    assert abs(bf16["mean"]["psnr"] - val["psnr"]) > 1e-5  # bf16 would have given other numbers
 
 
 def test_a_signal_on_the_last_batch_of_an_epoch_defers_its_validation(tmp_path, pushing_shards, monkeypatch):
@@ -148,6 +150,32 @@ def test_resume_skips_a_corrupt_newest_checkpoint_and_refuses_a_corrupt_path(tmp
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: cannot resume from {corrupt}: {corrupt}/model.safetensors: "
                                                 f"1000 bytes, {recorded} recorded (truncated or replaced)"]
+
+
+def test_resume_finds_a_checkpoint_a_kill_left_moved_aside_and_names_changed_settings(tmp_path, pushing_shards):
+    recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run", train={"epochs": 1, "epoch_size": 2})
+    assert run_toolkit("train", str(recipe)).returncode == 0
+    root = tmp_path / "run" / "checkpoints"
+    for name in ("best", "epoch_000001"):  # killed inside fsutil.replace_dir, between its two renames
+        holder = root / f".tmp-{name}.old.abc"
+        holder.mkdir()
+        (root / name).rename(holder / name)
+    proc = run_toolkit("train", str(recipe), "--train.resume=auto", "--train.epochs=2", "--optim.lr=0.001")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout and "epoch_000001" in proc.stdout  # not a fresh start
+    assert "other values of optim.lr, train.epochs: the continuation is not exact" in proc.stderr
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run", "epoch")] == [0, 1]  # 0-based
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    # a mid-epoch checkpoint (as a stop after batch 3 of 4 leaves) that a shorter epoch cannot continue
+    mid = root / "epoch_000002_step_000003"
+    shutil.copytree(root / "epoch_000002", mid)
+    payload = json.loads((mid / "train_state.json").read_text())
+    payload["train_state"].update(epoch=2, step_in_epoch=3)
+    (mid / "train_state.json").write_text(json.dumps(payload))
+    proc = run_toolkit("train", str(recipe), "--train.epochs=3", f"--train.resume={mid}")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: {mid} stopped after batch 3 of an epoch, which does not fit train.epoch_size=2 with "
+        "optim.grad_accum=1; resume with the values it was trained with")
 
 
 @pytest.mark.slow

@@ -249,6 +249,10 @@ def test_a_sweep_agent_run_gets_its_own_run_dir_and_run_id(tmp_path, shards):
     assert (run / "wandb_run_id").read_text().strip() == "abc123"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["schedule"]["kl_anneal"] == "cyclical" and cfg["optim"]["lr"] == 0.001
+    env = {k: v for k, v in env.items() if not k.startswith("WANDB_")}  # no agent: a new id names dir and run
+    assert cvae("train", str(path), env=env).returncode == 0
+    (run,) = [p for p in (tmp_path / "sweep").iterdir() if p.name != "abc123"]
+    assert (run / "wandb_run_id").read_text().strip() == run.name
 
 
 @pytest.mark.slow

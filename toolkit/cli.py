@@ -134,8 +134,9 @@ def _add_eval(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
     e.add_argument("--num-workers", type=int, default=1, help="loader workers per process")
     e.add_argument("--limit", type=int, default=0, help="evaluate the first N sequences only (0: all)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the sampled latents (sample s of sequence KEY draws "
-                                                        "from (seed, KEY, s): any world size or batch size agrees)")
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of the sampled latents (sample s of sequence KEY draws from (seed, KEY, s): any world "
+                        "size or batch size agrees); default: the run's train.seed, as its validations")
     e.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no",
                    help="no: float32 (the default, as validation during training); bf16/fp16: autocast")
     e.add_argument("--json", help="report path (default: RUN_DIR/eval/CHECKPOINT-SPLIT-nN.json)")

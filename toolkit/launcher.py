@@ -3,9 +3,9 @@
 Without an accelerate config: `recipes/accelerate/cpu.yaml` (2 CPU processes) when no GPU is visible, else one
 process per visible GPU (`gpu1_*.yaml` for one, `node8_*.yaml` with `--num_processes N` for several), in bf16
 where every GPU supports it and fp16 (with a gradient scaler) where not. Multi-node runs take NNODES,
-GPUS_PER_NODE (default: the visible GPUs), MACHINE_RANK, MASTER_ADDR and MASTER_PORT from the environment,
-as torchrun and SLURM jobs set them; a single-node run gets a free port, so two trainings on one machine do
-not collide.
+GPUS_PER_NODE (default: the visible GPUs), MACHINE_RANK, MASTER_ADDR and MASTER_PORT from the environment
+(export them on every node: torchrun and SLURM do not set these names); a single-node
+run gets a free port, so two trainings on one machine do not collide.
 
     python -m toolkit.launcher [ACCEL_CONFIG]    # the arguments, one per line (launch.sh reads them)
 """

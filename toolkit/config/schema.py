@@ -132,7 +132,8 @@ class TrainConfig:
     log_every: int = 50
     """Write a step record to metrics.jsonl (and W&B) every N optimizer steps."""
     max_nonfinite: int = 20
-    """Abort after this many steps with a non-finite loss (each is skipped)."""
+    """Abort once more than this many steps had a non-finite loss (each is skipped; counted every log_every
+    steps and at the end of an epoch)."""
     num_gifs: int = 4
     """Validation sequences rendered as prediction GIFs at each validation."""
     progress: bool = True

@@ -47,8 +47,10 @@ def format_table(report: dict) -> str:
 
 def eval_checkpoint(checkpoint: str | Path, shards: str, split: str = "test", samples: int = 1,
                     n_future: int | None = None, batch_size: int = 16, num_workers: int = 1, limit: int = 0,
-                    seed: int = 0, out: str | Path | None = None, quiet: bool = False, precision: str = "no") -> dict:
-    """Evaluate a checkpoint on a split; returns the report (also written as JSON by the main process)."""
+                    seed: int | None = None, out: str | Path | None = None, quiet: bool = False,
+                    precision: str = "no") -> dict:
+    """Evaluate a checkpoint on a split; returns the report (also written as JSON by the main process). `seed`
+    None: the run's train.seed, which is what its validations used, so they are reproduced exactly."""
     if samples < 1 or batch_size < 1 or limit < 0 or (n_future is not None and n_future < 1):
         raise ToolkitError("--samples, --batch-size and --n-future must be >= 1 and --limit >= 0")
     if precision not in PRECISIONS:
@@ -60,6 +62,7 @@ def eval_checkpoint(checkpoint: str | Path, shards: str, split: str = "test", sa
         model = model.to(memory_format=torch.channels_last)
     n_past, cond_dim = meta["model_args"]["n_past"], meta["model_args"]["cond_dim"]
     n_future = n_future or cfg.data.n_future
+    seed = cfg.train.seed if seed is None else seed
     manifest = read_manifest(shards)
     if cond_dim and manifest.cond_dim != cond_dim:
         raise ToolkitError(f"{checkpoint} conditions on {cond_dim} values per frame, but {shards} has "

@@ -10,6 +10,7 @@ curves are plotted with their mean and spread.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,14 +57,15 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
         if mine and not ended(read_metrics(run_dir, "final")):
             try:
                 accelerate = launch_args(accelerate_config)
-            except (FileNotFoundError, KeyError) as e:
-                raise ToolkitError(str(e.args[0])) from None
+            except (FileNotFoundError, KeyError, ValueError) as e:  # as launcher.main reports them
+                raise ToolkitError(str(e.args[0] if e.args else e)) from None
             cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *accelerate,
                    "-m", "toolkit", "train", recipe, *fixed,
                    *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
                    "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
             print(f"[{i + 1}] {name}", flush=True)
-            if subprocess.run(cmd).returncode != 0:
+            env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300", **os.environ}  # time to save on a stop, as launch.sh
+            if subprocess.run(cmd, env=env).returncode != 0:
                 print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
         summary = summarize_run(run_dir)
         if not mine and summary["status"] == "failed" and not run_dir.exists():

@@ -28,7 +28,7 @@ from toolkit.train.batchnorm import reestimate_batchnorm
 from toolkit.train.runlog import read_metrics
 from toolkit.train.schedules import learning_rate, schedule_values, teacher_forcing_on
 from toolkit.train.setup import Run, param_checksum, setup
-from toolkit.train.step import Meter, train_micro_batch
+from toolkit.train.step import EPOCH_SUMS, Meter, train_micro_batch
 from toolkit.train.validation import validate
 
 
@@ -91,7 +91,8 @@ def run_epoch(run: Run) -> tuple[float, int]:
     state.epoch_sums = values["epoch_sums"]
     check_nonfinite(run, values["skipped"])
     if run.stopped and state.step_in_epoch < cfg.train.epoch_size:
-        reestimate_batchnorm(run.unwrapped, run.manifest, cfg, acc, epoch, cfg.train.bn_batches)
+        # a checkpoint to resume from, saved in the launcher's grace period: the BatchNorm statistics are left
+        # as training had them (training never reads them; the resumed run re-estimates before scoring)
         path = ckpt.save_checkpoint(acc, run.run_dir, ckpt.checkpoint_name(epoch, state.step_in_epoch), state,
                                     run.meta, cfg.train.keep_last)
         run.say(f"stopped by a signal in epoch {epoch + 1} after batch {state.step_in_epoch}: saved {path}; "
@@ -100,7 +101,8 @@ def run_epoch(run: Run) -> tuple[float, int]:
 
 
 def log_step(run: Run, values: dict, bar) -> None:
-    """A step record (the step's rank-mean losses; none for a skipped step) and the non-finite guard."""
+    """A step record (the rank-mean losses of the step's last micro-batch; none for a skipped step) and the
+    non-finite guard."""
     state = run.state
     if values["finite"]:
         record = {"kind": "step", "epoch": state.epoch, "step": state.global_step,
@@ -129,7 +131,7 @@ def check_nonfinite(run: Run, skipped: int) -> None:
 def end_epoch(run: Run, seconds: float, batches: int) -> None:
     """The epoch record, validation (deferred to the resumed run when a signal stopped this one), checkpoints."""
     cfg, state = run.cfg, run.state
-    sums = dict(zip(("loss", "mse", "kld", "batches"), state.epoch_sums))
+    sums = dict(zip(EPOCH_SUMS, state.epoch_sums))
     n = max(sums["batches"], 1)
     record = {"kind": "epoch", "epoch": state.epoch, "step": state.global_step, "loss": sums["loss"] / n,
               "mse": sums["mse"] / n, "kld": sums["kld"] / n, **state.schedule,

@@ -41,10 +41,29 @@ def resume_target(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, []
 
 
-def continuation_warnings(path: Path, world_size: int, rank: int, mixed_precision: str) -> list[str]:
-    """What makes continuing from `path` on this world size/precision/rank differ from an uninterrupted run."""
+# Config keys that change what a continued run computes (the rest: paths, logging, checkpoint cadence, W&B).
+EXACT_SECTIONS = ("data", "model", "optim", "schedule")
+EXACT_TRAIN_KEYS = ("seed", "epochs", "epoch_size", "bn_batches", "mixed_precision", "channels_last")
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """`section.key` of every setting in EXACT_SECTIONS / EXACT_TRAIN_KEYS that differs between two configs."""
+    keys = [(section, key) for section in EXACT_SECTIONS for key in current.get(section, {})]
+    keys += [("train", key) for key in EXACT_TRAIN_KEYS]
+    return [f"{section}.{key}" for section, key in keys
+            if saved.get(section, {}).get(key) != current.get(section, {}).get(key)]
+
+
+def continuation_warnings(path: Path, world_size: int, rank: int, mixed_precision: str,
+                          config: dict) -> list[str]:
+    """What makes continuing from `path` with `config` on this world size/precision/rank differ from an
+    uninterrupted run."""
     _, meta = read_checkpoint_meta(path)
     warnings = []
+    changed = changed_keys(meta.get("config", {}), config)
+    if changed:
+        warnings.append(f"{path.name} was trained with other values of {', '.join(changed)}: the continuation is "
+                        "not exact")
     saved_world = meta.get("world_size")
     if saved_world is not None and saved_world != world_size:
         warnings.append(f"{path.name} was saved by {saved_world} process(es), this run has {world_size}: the "

@@ -104,10 +104,9 @@ def setup(cfg: Config) -> Run:
     if acc.mixed_precision == "fp16" and acc.device.type == "cpu":
         warnings.warn("fp16 mixed precision needs a GPU; on CPU accelerate trains in float32 (use bf16 on CPU)")
     manifest = agreed(acc, lambda: _read_and_check(cfg))
-    run_dir = Path(cfg.train.run_dir)
-    if "{run_id}" in cfg.train.run_dir:
-        run_dir = Path(cfg.train.run_dir.replace("{run_id}", broadcast_object_list([new_run_id()])[0]))
-    resume, skipped = agreed(acc, lambda: resume_target(cfg.train.resume, run_dir), main_only=True)
+    fresh_id = broadcast_object_list([new_run_id()])[0]  # W&B's id of a new run, and `{run_id}` of its dir
+    run_dir = Path(cfg.train.run_dir.replace("{run_id}", fresh_id))
+    resume, skipped = agreed(acc, lambda: _find_resume(cfg.train.resume, run_dir), main_only=True)
     meta = {"config": to_dict(cfg), "model_args": model_args(cfg, manifest)}
     model = build_model(cfg, meta["model_args"])
     optimizer = make_optimizer(model, cfg.optim.lr, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.weight_decay,
@@ -117,18 +116,29 @@ def setup(cfg: Config) -> Run:
     state = ckpt.TrainState()
     if resume is not None:
         state = ckpt.load_checkpoint(acc, resume, meta)
-        skipped += continuation_warnings(resume, acc.num_processes, acc.process_index, acc.mixed_precision)
+        skipped += continuation_warnings(resume, acc.num_processes, acc.process_index, acc.mixed_precision,
+                                         meta["config"])
+        if state.step_in_epoch > cfg.train.epoch_size or state.step_in_epoch % cfg.optim.grad_accum:
+            raise ToolkitError(f"{resume} stopped after batch {state.step_in_epoch} of an epoch, which does not fit "
+                               f"train.epoch_size={cfg.train.epoch_size} with optim.grad_accum="
+                               f"{cfg.optim.grad_accum}; resume with the values it was trained with")
     run = Run(cfg, acc, model, acc.unwrap_model(model), optimizer, manifest, run_dir, meta, state,
               RunLog(run_dir, acc.is_main_process), StopSignal(acc.num_processes))
     for message in skipped:
         if acc.is_main_process or "rank" in message:
             print(f"warning: {message}", file=sys.stderr, flush=True)
-    _open_run_dir(run, resume, wandb_mode)
+    _open_run_dir(run, fresh_id, wandb_mode)
     run.say(f"{run.unwrapped.param_count():,} parameters, {acc.num_processes} process(es) "
             f"({acc.distributed_type.value}) on {acc.device.type}, mixed precision {acc.mixed_precision}, "
             f"run dir {run_dir}"
             + (f", resuming from {resume}" if resume else ""))
     return run
+
+
+def _find_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
+    """Put back a checkpoint whose replacement a kill interrupted, then choose the one to resume from."""
+    ckpt.clean_temporaries(run_dir)
+    return resume_target(resume, run_dir)
 
 
 def _read_and_check(cfg: Config) -> Manifest:
@@ -164,16 +174,18 @@ def agreed(acc: Accelerator, fn, main_only: bool = False):
     return result
 
 
-def _open_run_dir(run: Run, resume: Path | None, wandb_mode: str) -> None:
+def _open_run_dir(run: Run, fresh_id: str, wandb_mode: str) -> None:
     """config.yaml, the run log cut back to the checkpoint, the W&B run id (main process), then W&B."""
     state, acc = run.state, run.accelerator
-    if acc.is_main_process:
+
+    def write() -> None:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_temporaries(run.run_dir)
         atomic_write_text(run.run_dir / "config.yaml", dump_yaml(run.cfg))
         run.log.truncate(state.global_step, state.validation_due)  # drop what a killed run logged after it
-        state.wandb_run_id = state.wandb_run_id or stored_run_id(run.run_dir) or new_run_id()
+        state.wandb_run_id = state.wandb_run_id or stored_run_id(run.run_dir) or fresh_id
         store_run_id(run.run_dir, state.wandb_run_id)
+
+    agreed(acc, write, main_only=True)  # a failure here (a read-only run dir, say) stops every rank
     if acc.log_with:
         init_wandb(acc, run.cfg.wandb, run.run_dir, state.wandb_run_id, wandb_mode, run.meta["config"])
 
