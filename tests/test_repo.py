@@ -107,5 +107,5 @@ def test_train_help_lists_every_config_key():
     assert proc.returncode == 0
     for key in flat_keys():
         assert f"--{key}  (" in proc.stdout, key
-    assert "--model.skip_from  (str, default 'reference', one of reference|last_context|previous)" in proc.stdout
+    assert "--model.skip_from  (str, default 'last_context', one of reference|last_context|previous)" in proc.stdout
     assert "Directory or http(s) URL holding `manifest.json`" in proc.stdout  # the docstrings come along

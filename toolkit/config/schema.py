@@ -52,10 +52,11 @@ class ModelConfig:
     """`fixed`: p(z_t) = N(0, I) (SVG-FP, the reference); `learned`: Gaussian LSTM p(z_t | x_1..t-1) (SVG-LP)."""
     prior_layers: int = 1
     """LSTM layers of the learned prior (used when prior = learned)."""
-    skip_from: str = "reference"
-    """Which frame's encoder features the decoder's skip connections use for predicted frames: `reference`
-    (edenton/svg's code: the context frame before the last, x_{n_past-2}; x_0 when n_past = 1), `last_context`
-    (the paper's wording: x_{n_past-1}) or `previous` (the input frame of every step: `--last_frame_skip`)."""
+    skip_from: str = "last_context"
+    """Which frame's encoder features the decoder's skip connections use for predicted frames: `last_context`
+    (the paper's wording: x_{n_past-1}; chosen by the ablation in README.md, where it puts the first predicted
+    frame above copy-last-frame), `reference` (edenton/svg's code: the context frame before the last,
+    x_{n_past-2}; x_0 when n_past = 1) or `previous` (the input frame of every step: `--last_frame_skip`)."""
     predictor_bn: bool = False
     """BatchNorm1d on the frame predictor's output before its tanh (edenton/svg has it commented out)."""
     bn_stats: str = "step"
