@@ -6,8 +6,8 @@ called twice per step (input frame and target frame, B frames each), the decoder
 skips are updated while `i < n_past` (or at every step with `skip_from: previous`, the reference's
 --last_frame_skip), so they come from x_{n_past-2} afterwards. BatchNorm therefore always sees B frames per
 call. The port is the yardstick of `tests/test_model.py` (the batched `SVG.forward` must give the same loss and
-gradients), `benchmarks/throughput.py` (time per step) and `benchmarks/parity.py` (quality at equal steps); build the
-model with `skip_from: reference` and `predictor_bn: false` for edenton/svg's architecture.
+gradients), `benchmarks/throughput.py` (time per step) and `benchmarks/parity.py` (quality at equal steps);
+build the model with `skip_from: reference` and `predictor_bn: false` for edenton/svg's architecture.
 """
 
 from __future__ import annotations
