@@ -83,10 +83,7 @@ def z_dependent_checkpoint(tiny_run: Path, out: Path) -> Path:
     weights = load_file(out / "model.safetensors")
     g = ModelConfig(**TINY_MODEL).g_dim
     weights["predictor.embed.weight"][:, g:g + TINY_MODEL["z_dim"]] *= 30
-    weights["predictor.output.0.weight"] *= 30
-    for name, w in weights.items():  # every decoder convolution: eval-mode BatchNorm passes the gain on
-        if name.startswith("decoder.") and w.dim() == 4:
-            w *= 2
+    weights["predictor.output.0.weight"] *= 30  # (scaling the decoder too would saturate its output and hide z)
     save_file(weights, out / "model.safetensors")
     return out
 
