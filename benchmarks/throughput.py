@@ -109,7 +109,9 @@ def compiled(model):
 def step_section(args, name: str) -> dict:
     """The trainer's step (eager, and compiled if asked) against the port of the reference loop."""
     device, precision = args.device, "bf16" if args.device == "cuda" else "no"
-    base = make_model(name, device, channels_last=False)
+    # edenton/svg's skip source on both sides, so the port can run the same weights (the toolkit's cost does not
+    # depend on which context frame the skips come from)
+    base = make_model(name, device, channels_last=False, skip_from="reference")
     variants = {}
     if device == "cpu":
         variants["reference port"] = port_step(copy.deepcopy(base), device)
