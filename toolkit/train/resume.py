@@ -41,9 +41,10 @@ def resume_target(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, []
 
 
-# Config keys that change what a continued run computes (the rest: paths, logging, checkpoint cadence, W&B).
+# Config keys that change what a continued run computes (the rest: paths, logging, checkpoint cadence, W&B;
+# the precision is compared as the checkpoint recorded it, below, since train.mixed_precision may say "auto").
 EXACT_SECTIONS = ("data", "model", "optim", "schedule")
-EXACT_TRAIN_KEYS = ("seed", "epochs", "epoch_size", "bn_batches", "mixed_precision", "channels_last")
+EXACT_TRAIN_KEYS = ("seed", "epochs", "epoch_size", "bn_batches", "channels_last")
 
 
 def changed_keys(saved: dict, current: dict) -> list[str]:
