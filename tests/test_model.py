@@ -153,6 +153,27 @@ def test_forward_equals_the_reference_loop_in_training_mode(prior, skip_from, n_
         assert (p.grad - q.grad).abs().max() <= 1e-10 * scale, name
 
 
+@pytest.mark.parametrize("prior,tf", [("fixed", True), ("fixed", False), ("learned", True), ("learned", False)])
+def test_the_reference_port_calls_the_encoder_as_edenton_svg(prior, tf):
+    # the call pattern decides BatchNorm's running statistics, which edenton/svg evaluates with:
+    # train_svg_fp encodes every frame once, in order, before the recurrence; train_svg_lp encodes each
+    # step's input frame, then its target; a fed-back prediction is encoded when it is the input
+    model = tiny(prior).train()
+    frames, cond = batch(t=6)
+    seen = []
+    model.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    reference_loss(model, frames, cond, 0.3, teacher_forcing=tf)
+    index = [next((t for t in range(6) if torch.equal(x, frames[:, t])), "pred") for x in seen]
+    inputs = [i - 1 if tf or i - 1 < N_PAST else "pred" for i in range(1, 6)]
+    if prior == "fixed":
+        expected = list(range(6)) + [x for x in inputs if x == "pred"]
+    else:
+        expected = [k for i, x in enumerate(inputs, start=1) for k in (x, i)]
+    assert index == expected
+    assert all(int(m.num_batches_tracked) == len(expected) for m in model.encoder.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_batch_statistics_differ_from_the_reference_loop_in_training_mode():
     # bn_stats "batch" normalizes over all B*T frames at once: a different training objective, equal to the
     # reference only in eval mode (below).

@@ -1,13 +1,22 @@
-"""A straight port of the reference training step (edenton/svg `train_svg_fp.py` / `train_svg_lp.py`, with the
-lab's teacher forcing and the per-frame conditioning concatenated to the predictor input).
+"""A straight port of edenton/svg's training step (`train_svg_fp.py` / `train_svg_lp.py`), with the lab's
+teacher forcing and the per-frame conditioning concatenated to the predictor input.
 
-It runs on an `SVG`'s own modules, one time step at a time, exactly as the reference loop does: the encoder is
-called twice per step (input frame and target frame, B frames each), the decoder once per step, and the decoder
-skips are updated while `i < n_past` (or at every step with `skip_from: previous`, the reference's
---last_frame_skip), so they come from x_{n_past-2} afterwards. BatchNorm therefore always sees B frames per
-call. The port is the yardstick of `tests/test_model.py` (the batched `SVG.forward` must give the same loss and
-gradients), `benchmarks/throughput.py` (time per step) and `benchmarks/parity.py` (quality at equal steps);
-build the model with `skip_from: reference` and `predictor_bn: false` for edenton/svg's architecture.
+It runs on an `SVG`'s own parameters, one time step at a time: the LSTMs as edenton/svg's stacked `nn.LSTMCell`s
+(`torch.lstm_cell` on each layer's weights of the model's `nn.LSTM`), the encoder and decoder with the
+reference's call pattern, which decides
+when BatchNorm's running statistics are updated (what an evaluation with stored statistics normalizes with):
+- SVG-FP (`train_svg_fp.train`): every ground-truth frame is encoded once, `h_seq = [encoder(x[i]) ...]`
+  (T calls of B frames, in frame order), before the recurrence;
+- SVG-LP (`train_svg_lp.train`): each step encodes its input frame, then its target frame (2 (T-1) calls);
+- without teacher forcing (the lab's addition), a step whose input is the previous prediction encodes it;
+- the decoder runs once per step; its skips are updated while `i < n_past` (or at every step with
+  `skip_from: previous`, the reference's --last_frame_skip), so they come from x_{n_past-2} afterwards.
+In training mode each call normalizes its B frames with their own statistics, so the call pattern changes
+neither the loss nor the gradients, only the running statistics and the time per step. The port is the
+yardstick of `tests/test_model.py` (the batched `SVG` losses must give the same loss and gradients),
+`benchmarks/throughput.py` (time per step: NCHW and one Adam per module, as edenton/svg runs) and
+`benchmarks/parity.py` (quality at equal steps); build the model with `skip_from: reference` and
+`predictor_bn: false` for edenton/svg's architecture.
 """
 
 from __future__ import annotations
@@ -28,15 +37,19 @@ def reference_loss(model: SVG, frames: torch.Tensor, cond: torch.Tensor, beta: f
     if model.cfg.skip_from == "last_context":
         raise ValueError("the reference loop has no `last_context` skips (use reference or previous)")
     n_past, batch_size = model.n_past, frames.shape[0]
-    post = prior = pred = skip = None
+    h_seq = [model.encoder(frames[:, i]) for i in range(frames.shape[1])] if model.prior is None else None
+    post = prior = pred = skip = x_pred = None
     mse, kld = 0.0, 0.0
-    x_in = frames[:, 0]
     for i in range(1, frames.shape[1]):
-        h_target = model.encoder(frames[:, i])[0]
+        ground_truth_input = teacher_forcing or i - 1 < n_past
+        if h_seq is None:  # train_svg_lp: the input frame, then the target frame
+            h, skips = model.encoder(frames[:, i - 1] if ground_truth_input else x_pred)
+            h_target = model.encoder(frames[:, i])[0]
+        else:  # train_svg_fp: h_seq; a fed-back prediction is encoded when it is the input
+            h, skips = h_seq[i - 1] if ground_truth_input else model.encoder(x_pred)
+            h_target = h_seq[i][0]
         if model.cfg.skip_from == "previous" or i < n_past:
-            h, skip = model.encoder(x_in)
-        else:
-            h = model.encoder(x_in)[0]
+            skip = skips
         (z_t, mu, logvar), post = model.posterior(h_target, post)
         h_pred, pred = model.predictor(torch.cat([h, z_t, cond[:, i - 1]], 1), pred)
         x_pred = model.decoder(h_pred, skip)
@@ -48,7 +61,6 @@ def reference_loss(model: SVG, frames: torch.Tensor, cond: torch.Tensor, beta: f
             s1, s2 = logvar.mul(0.5).exp(), logvar2.mul(0.5).exp()
             kl = torch.log(s2 / s1) + (torch.exp(logvar) + (mu - mu2) ** 2) / (2 * torch.exp(logvar2)) - 1 / 2
             kld = kld + kl.sum() / batch_size
-        x_in = frames[:, i] if teacher_forcing or i < n_past else x_pred
     return {"loss": mse + beta * kld, "mse": mse, "kld": kld}
 
 
@@ -61,11 +73,12 @@ def reference_optimizers(model: SVG, lr: float, betas: tuple[float, float]) -> l
 
 
 def reference_step(model: SVG, optimizers: list[torch.optim.Optimizer], frames: torch.Tensor, cond: torch.Tensor,
-                   beta: float, teacher_forcing: bool = True) -> dict[str, torch.Tensor]:
+                   beta: float, teacher_forcing: bool = True, noise: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """One training step of the reference: zero grads, loss, backward, every optimizer steps."""
     for opt in optimizers:
         opt.zero_grad()
-    out = reference_loss(model, frames, cond, beta, teacher_forcing)
+    out = reference_loss(model, frames, cond, beta, teacher_forcing, noise)
     out["loss"].backward()
     for opt in optimizers:
         opt.step()
