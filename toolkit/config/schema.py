@@ -147,7 +147,8 @@ class TrainConfig:
     bn_batches: int = 20
     """Before every validation and checkpoint, replace the BatchNorm running statistics by their average over
     this many training batches with the current weights (0: keep the running averages of training, which
-    reflect little more than the last batch or two; see toolkit/train/batchnorm.py)."""
+    reflect little more than the last batch or two; see toolkit/train/batchnorm.py). With N > 0 the training
+    steps do not update the running statistics at all (nothing reads them before they are replaced)."""
     eval_precision: str = "no"
     """Precision of validation: `no` (float32, as `cvae eval` by default) or `bf16`/`fp16` autocast."""
 

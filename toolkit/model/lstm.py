@@ -1,73 +1,103 @@
 """The frame predictor LSTM and the Gaussian LSTM (posterior / learned prior) of SVG (models/lstm.py).
 
+Each runs over a whole sequence of inputs in one call: the Linear embed and the heads act on all S*B rows at
+once and the recurrence is one multi-layer `nn.LSTM` call (cuDNN on a GPU, oneDNN's RNN on a CPU: one kernel
+per layer instead of a dozen per layer and step). The same modules step one time step at a time (S = 1) where
+an input is only known after the previous step, as in free-running training and generation. Stacked
+`nn.LSTMCell`s (the reference's layout) and `nn.LSTM` compute the same gate equations with the same
+parameters; checkpoints written with the cell layout (`lstm.{k}.weight_ih`) load into `lstm.weight_ih_l{k}`.
+
 Unlike the reference, the hidden state is not stored on the module: `forward(x, state)` returns the new state,
-and `state=None` starts from zeros made with `new_zeros` on the input, so modules know no batch size or device.
-A state is a list with one `(h, c)` pair of [B, hidden_size] tensors per layer.
+and `state=None` starts from zeros, so modules know no batch size or device. A state is the `(h, c)` pair of
+`nn.LSTM`, each [n_layers, B, hidden_size].
+
+Under bf16 autocast `nn.LSTM` is on autocast's lower-precision list: on a GPU its weights and inputs are cast
+to the autocast dtype and cuDNN runs the recurrence in bf16 (PyTorch >= 2.4 has bf16 cuDNN RNNs; older
+versions cast RNNs to fp16), accumulating in float32; on a CPU oneDNN runs it in bf16 too. The output is bf16.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
-State = list[tuple[torch.Tensor, torch.Tensor]]
+from toolkit.model.vgg64 import run_layers
+
+State = tuple[torch.Tensor, torch.Tensor]
+_CELL_NAME = re.compile(r"^lstm\.(\d+)\.(weight_ih|weight_hh|bias_ih|bias_hh)$")
 
 
-def _run_cells(cells: nn.ModuleList, h_in: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-    """Run stacked LSTM cells one step; returns the top layer's output and the new state."""
+def _cell_names_to_lstm(state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: rename the stacked-LSTMCell parameters of older checkpoints in place."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        m = _CELL_NAME.match(key[len(prefix):])
+        if m:
+            state_dict[f"{prefix}lstm.{m.group(2)}_l{m.group(1)}"] = state_dict.pop(key)
+
+
+def _recurrent(input_size: int, hidden_size: int, n_layers: int) -> tuple[nn.Linear, nn.LSTM]:
+    return nn.Linear(input_size, hidden_size), nn.LSTM(hidden_size, hidden_size, n_layers)
+
+
+_ZEROS: dict = {}
+
+
+def _recur(lstm: nn.LSTM, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+    """`lstm(x, state)`, a zero state when None made once per shape, dtype and device (never written to; nn.LSTM
+    would fill two new ones on every call)."""
     if state is None:
-        zeros = h_in.new_zeros(h_in.shape[0], cells[0].hidden_size)
-        state = [(zeros, zeros)] * len(cells)
-    new_state = []
-    for cell, hc in zip(cells, state):
-        h, c = cell(h_in, hc)
-        new_state.append((h, c))
-        h_in = h
-    return h_in, new_state
+        key = (lstm.num_layers, x.shape[1], lstm.hidden_size, x.dtype, x.device)
+        if key not in _ZEROS:
+            _ZEROS[key] = x.new_zeros(key[:3])
+        state = (_ZEROS[key], _ZEROS[key])
+    return lstm(x, state)
 
 
 class LSTM(nn.Module):
-    """Deterministic frame predictor: Linear embed -> stacked LSTMCells -> Linear (+ BatchNorm1d) + Tanh.
+    """Deterministic frame predictor: Linear embed -> n-layer LSTM -> Linear (+ BatchNorm1d) + Tanh.
 
-    edenton/svg's `lstm` has the BatchNorm1d commented out; `batch_norm=True` puts it back.
+    edenton/svg's `lstm` has the BatchNorm1d commented out; `batch_norm=True` puts it back, normalized per time
+    step over the B sequences (as the reference's per-step calls do).
     """
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int,
                  batch_norm: bool = False) -> None:
         super().__init__()
         self.input_size = input_size
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers)])
+        self.embed, self.lstm = _recurrent(input_size, hidden_size, n_layers)
         norm = [nn.BatchNorm1d(output_size)] if batch_norm else []
         self.output = nn.Sequential(nn.Linear(hidden_size, output_size), *norm, nn.Tanh())
+        self._register_load_state_dict_pre_hook(_cell_names_to_lstm)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """One step: x [B, input_size] -> (out [B, output_size], new state)."""
-        h, state = _run_cells(self.lstm, self.embed(x.reshape(-1, self.input_size)), state)
-        return self.output(h), state
+        """x [S, B, input_size] (S time steps) -> (out [S, B, output_size], new state)."""
+        S, B = x.shape[:2]
+        h, state = _recur(self.lstm, self.embed(x), state)
+        return run_layers(self.output, h.reshape(S * B, -1), S).view(S, B, -1), state
 
 
 class GaussianLSTM(nn.Module):
-    """Diagonal Gaussian over z: Linear embed -> stacked LSTMCells -> mu and logvar Linear heads."""
+    """Diagonal Gaussian over z: Linear embed -> n-layer LSTM -> mu and logvar Linear heads."""
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int) -> None:
         super().__init__()
         self.input_size = input_size
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers)])
+        self.embed, self.lstm = _recurrent(input_size, hidden_size, n_layers)
         self.mu_net = nn.Linear(hidden_size, output_size)
         self.logvar_net = nn.Linear(hidden_size, output_size)
+        self._register_load_state_dict_pre_hook(_cell_names_to_lstm)
 
     def forward(self, x: torch.Tensor, state: State | None = None, eps: torch.Tensor | None = None,
                 sample: bool = True) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], State]:
-        """One step: x [B, input_size] -> ((z, mu, logvar) each [B, output_size], new state).
+        """x [S, B, input_size] -> ((z, mu, logvar) each [S, B, output_size], new state).
 
-        z = mu + eps * exp(0.5 * logvar) with the given standard normal noise eps [B, output_size], or noise
+        z = mu + eps * exp(0.5 * logvar) with the given standard normal noise eps [S, B, output_size], or noise
         drawn from the default generator when eps is None; with `sample=False`, z = mu and nothing is drawn.
         """
-        h, state = _run_cells(self.lstm, self.embed(x.reshape(-1, self.input_size)), state)
-        mu = self.mu_net(h)
-        logvar = self.logvar_net(h)
+        h, state = _recur(self.lstm, self.embed(x), state)
+        mu, logvar = self.mu_net(h), self.logvar_net(h)
         if not sample:
             return (mu, mu, logvar), state
         eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)

@@ -27,12 +27,35 @@ import torch.nn.functional as F
 from toolkit.model.svg import SVG
 
 
+def _cells(module, x: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+    """One step of a predictor or Gaussian LSTM's embed and stacked LSTM cells: x [B, in] -> (top h, state)."""
+    h_in, lstm = module.embed(x), module.lstm
+    if state is None:
+        zeros = h_in.new_zeros(h_in.shape[0], lstm.hidden_size)
+        state = [(zeros, zeros)] * lstm.num_layers
+    new_state = []
+    for k, hc in enumerate(state):
+        weights = [getattr(lstm, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h_in, c = torch.lstm_cell(h_in, hc, *weights)
+        new_state.append((h_in, c))
+    return h_in, new_state
+
+
+def _gaussian(module, x: torch.Tensor, state: list | None, eps: torch.Tensor | None):
+    """The reference's `gaussian_lstm.forward` (+ reparameterize): ((z, mu, logvar), state)."""
+    h, state = _cells(module, x, state)
+    mu, logvar = module.mu_net(h), module.logvar_net(h)
+    eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+    return (mu + eps * logvar.mul(0.5).exp(), mu, logvar), state
+
+
 def reference_loss(model: SVG, frames: torch.Tensor, cond: torch.Tensor, beta: float,
-                   teacher_forcing: bool = True) -> dict[str, torch.Tensor]:
+                   teacher_forcing: bool = True, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The reference's loss of one batch: frames [B, T, C, H, W], cond [B, T, D] -> {"loss", "mse", "kld"}.
 
     mse is the sum over steps of `nn.MSELoss` per step, kld the sum over steps of the KL summed over z and
-    divided by the batch size (`kl_criterion`); the posterior draws its noise from the default generator.
+    divided by the batch size (`kl_criterion`); the posterior's noise is noise[i-1] at step i (noise
+    [T-1, B, z_dim], as `SVG.loss_noise`), or drawn per step from the default generator when None.
     """
     if model.cfg.skip_from == "last_context":
         raise ValueError("the reference loop has no `last_context` skips (use reference or previous)")
@@ -50,14 +73,16 @@ def reference_loss(model: SVG, frames: torch.Tensor, cond: torch.Tensor, beta: f
             h_target = h_seq[i][0]
         if model.cfg.skip_from == "previous" or i < n_past:
             skip = skips
-        (z_t, mu, logvar), post = model.posterior(h_target, post)
-        h_pred, pred = model.predictor(torch.cat([h, z_t, cond[:, i - 1]], 1), pred)
+        (z_t, mu, logvar), post = _gaussian(model.posterior, h_target, post, None if noise is None else noise[i - 1])
+        h_pred, pred = _cells(model.predictor, torch.cat([h, z_t, cond[:, i - 1]], 1), pred)
+        h_pred = model.predictor.output(h_pred)
         x_pred = model.decoder(h_pred, skip)
         mse = mse + F.mse_loss(x_pred, frames[:, i])
         if model.prior is None:
             kld = kld - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch_size
         else:
-            (_, mu2, logvar2), prior = model.prior(h, prior, sample=False)
+            h_prior, prior = _cells(model.prior, h, prior)
+            mu2, logvar2 = model.prior.mu_net(h_prior), model.prior.logvar_net(h_prior)
             s1, s2 = logvar.mul(0.5).exp(), logvar2.mul(0.5).exp()
             kl = torch.log(s2 / s1) + (torch.exp(logvar) + (mu - mu2) ** 2) / (2 * torch.exp(logvar2)) - 1 / 2
             kld = kld + kl.sum() / batch_size

@@ -6,17 +6,29 @@ cat(h_{i-1}, z_i, cond_{i-1}) where h = enc(frame). Decoder skips come from the 
 frame (i <= n_past - 1, as edenton/svg's `i < n_past`) and then, per `model.skip_from`, from x_{n_past-2} (the
 reference code's choice), from the last context frame x_{n_past-1} (the paper's wording) or from the input frame
 of every step (`previous`, the reference's --last_frame_skip).
+
+Everything whose inputs are known runs once over all time steps (time-major tensors [T, B, ...], a step's rows
+one contiguous block): the encoder over all T frames, the posterior over all targets (it only ever reads
+ground-truth frames), and with teacher forcing the prior, the predictor (one multi-layer LSTM call each) and the
+decoder over all T-1 steps. Without teacher forcing the steps whose input is a prediction run one at a time,
+with the same parameters. Training-mode BatchNorm normalizes each time step over its B sequences
+(`model.bn_stats: step`), exactly as the reference's per-step calls, or over all frames of a call (`batch`).
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import NamedTuple
+
 import torch
 from torch import nn
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from toolkit.config import ModelConfig
+from toolkit.config import CHOICES, ModelConfig
 from toolkit.errors import ConfigError
 from toolkit.model.lstm import GaussianLSTM, LSTM
-from toolkit.model.vgg64 import Decoder, Encoder, init_weights
+from toolkit.model.vgg64 import Decoder, Encoder, init_weights, rows
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -25,9 +37,9 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None,
-                  prior_logvar: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(q || p) summed over every element and divided by the batch size (dim 0), in (at least) float32
-    with autocast off.
+                  prior_logvar: torch.Tensor | None = None, batch_dim: int = 0) -> torch.Tensor:
+    """KL(q || p) summed over every element and divided by the batch size (dim `batch_dim`), in (at least)
+    float32 with autocast off.
 
     With no prior given p = N(0, I): -0.5 * sum(1 + logvar - mu^2 - exp(logvar)); otherwise the Gaussian-Gaussian
     KL log(s2/s1) + (s1^2 + (mu1 - mu2)^2) / (2 s2^2) - 1/2, as the reference's `kl_criterion`.
@@ -35,11 +47,42 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor
     with torch.autocast(device_type=mu.device.type, enabled=False):
         mu, logvar = _at_least_float32(mu), _at_least_float32(logvar)
         if prior_mu is None:
-            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
-        else:
-            pmu, plogvar = _at_least_float32(prior_mu), _at_least_float32(prior_logvar)
-            kl = 0.5 * (plogvar - logvar) + (logvar.exp() + (mu - pmu).pow(2)) / (2 * plogvar.exp()) - 0.5
-        return kl.sum() / mu.shape[0]
+            return (1 + logvar - mu.pow(2) - logvar.exp()).sum() * (-0.5 / mu.shape[batch_dim])
+        pmu, plogvar = _at_least_float32(prior_mu), _at_least_float32(prior_logvar)
+        kl = 0.5 * (plogvar - logvar) + (logvar.exp() + (mu - pmu).pow(2)) / (2 * plogvar.exp()) - 0.5
+        return kl.sum() / mu.shape[batch_dim]
+
+
+def _per_step_calls(model: nn.Module, steps: int):
+    """`call(name, s, *args, **kwargs)`: the module `name` of model (encoder, decoder, predictor, prior) called
+    with the s-th of `steps` sets of its parameters, one per free-running step: views of one expand per
+    parameter, so the backward sums each parameter's `steps` gradients in one reduction (a stack and a sum)
+    instead of adding them one at a time (two kernels per parameter instead of `steps`). Under autocast the
+    parameters that autocast would cast (all but BatchNorm's) are cast once before the expand: autocast caches
+    its casts of parameters, not of views."""
+    modules = {n: getattr(model, n) for n in ("encoder", "decoder", "predictor", "prior")
+               if getattr(model, n) is not None}
+    device = next(model.parameters()).device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    views = {}
+    for n, m in modules.items():
+        norms = {f"{name}.{p}" for name, mod in m.named_modules() if isinstance(mod, _BatchNorm)
+                 for p, _ in mod.named_parameters(recurse=False)}
+        views[n] = {name: (p if dtype is None or name in norms else p.to(dtype)).expand(steps, *p.shape).unbind(0)
+                    for name, p in m.named_parameters()}
+
+    def call(name: str, s: int, *args, **kwargs):
+        return functional_call(modules[name], {k: v[s] for k, v in views[name].items()}, args, kwargs)
+    return call
+
+
+class Encoded(NamedTuple):
+    """A batch encoded time-major: frames x [T, B, C, H, W], h [T, B, g_dim], the encoder's skip maps (each
+    [T*B, c, s, s], time-major rows) and cond [T, B, D] in h's dtype."""
+    x: torch.Tensor
+    h: torch.Tensor
+    skips: list[torch.Tensor]
+    cond: torch.Tensor
 
 
 class SVG(nn.Module):
@@ -47,8 +90,8 @@ class SVG(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cond_dim: int, n_past: int, channels: int = 3) -> None:
         super().__init__()
-        for key, choices in (("prior", ("fixed", "learned")), ("skip_from", ("reference", "last_context", "previous")),
-                             ("bn_stats", ("step", "batch"))):
+        for key in ("prior", "skip_from", "bn_stats"):
+            choices = CHOICES[f"model.{key}"]
             if getattr(cfg, key) not in choices:
                 raise ConfigError(f"model: 'model.{key}' must be one of {', '.join(choices)}, got "
                                   f"{getattr(cfg, key)!r}")
@@ -75,86 +118,123 @@ class SVG(nn.Module):
         return self.n_past - 1 if self.cfg.skip_from == "last_context" else max(self.n_past - 2, 0)
 
     def forward(self, frames: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
-                beta: float = 1.0) -> dict[str, torch.Tensor]:
-        """Training loss of one batch: frames [B, T, C, H, W] in [0, 1], cond [B, T, D] (D may be 0).
+                beta: float | torch.Tensor = 1.0, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training loss of one batch: `teacher_forced_loss` or `free_running_loss` (one decision per batch,
+        made by the caller)."""
+        loss = self.teacher_forced_loss if teacher_forcing else self.free_running_loss
+        return loss(frames, cond, beta, noise)
+
+    def loss_noise(self, frames: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise of the posterior for a batch frames [B, T, ...]: [T-1, B, z_dim] float32, drawn
+        at once from the default generator of frames' device (row i-1 for step i)."""
+        B, T = frames.shape[:2]
+        return torch.randn(T - 1, B, self.cfg.z_dim, device=frames.device)
+
+    def teacher_forced_loss(self, frames: torch.Tensor, cond: torch.Tensor, beta: float | torch.Tensor = 1.0,
+                            noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss of a batch whose inputs are the ground-truth frames: frames [B, T, C, H, W] in [0, 1], cond
+        [B, T, D] (D may be 0), noise [T-1, B, z_dim] (None: `loss_noise`). Every module runs once over all steps.
 
         Returns {"loss", "mse", "kld"} (0-dim). As in the reference training loop, `mse` is the SUM over the
         T-1 steps of the per-step pixel mean squared error (nn.MSELoss) and `kld` the SUM over steps of the KL
         summed over z dims and batch divided by the batch size; loss = mse + beta * kld. Divide by T-1 for
-        per-frame figures. The KL is computed in float32 with autocast disabled. The posterior's noise comes
-        from the default generator.
-
-        `teacher_forcing` (decided by the caller, one decision per batch): inputs are the ground-truth frames;
-        all T frames are encoded in ONE encoder call on [T*B, C, H, W] (time-major), the LSTMs run step by step,
-        and all T-1
-        predictions are decoded in ONE decoder call (a skip frame shared by several steps goes through the skip
-        half of each decoder block's first convolution once). Without it, inputs after the context are the
-        model's own (non-detached) previous predictions, encoded and decoded step by step (targets are still
-        encoded in one call). With `model.bn_stats: step` the batched calls normalize each time step over its B
-        sequences, exactly as the reference's per-step calls do in training mode; with `batch` the statistics
-        span all B*T (B*(T-1)) frames of the call.
+        per-frame figures. The KL is computed in float32 with autocast disabled.
         """
+        enc = self._encode(frames, cond)
+        z, mu, logvar = self._posterior(enc, noise)
+        prior = self.prior(enc.h[:-1], sample=False)[0][1:] if self.prior is not None else None
+        h_pred, _ = self.predictor(torch.cat([enc.h[:-1], z, enc.cond[:-1]], 2))
+        x_pred = self._decode_steps(h_pred, enc.skips, range(1, frames.shape[1]))
+        return self._loss(x_pred, enc, mu, logvar, prior, beta)
+
+    def free_running_loss(self, frames: torch.Tensor, cond: torch.Tensor, beta: float | torch.Tensor = 1.0,
+                          noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss of a batch whose inputs after the context are the model's own (non-detached) previous
+        predictions; arguments and result as `teacher_forced_loss`. The encoder (of the targets) and the
+        posterior run once over all steps, the context steps (ground-truth inputs) in one call each; every later
+        step encodes the previous prediction and steps the prior, the predictor and the decoder once."""
+        B, T = frames.shape[:2]
+        k = min(self.n_past, T - 1)  # steps 1..k have ground-truth inputs: one call each, with parameter set 0
+        call = _per_step_calls(self, T - k)
+        enc = self._encode(frames, cond, partial(call, "encoder", 0))
+        z, mu, logvar = self._posterior(enc, noise)
+        prior_stats, prior_state = [], None
+        if self.prior is not None:
+            (_, pmu, plogvar), prior_state = call("prior", 0, enc.h[:k], sample=False)
+            prior_stats.append((pmu, plogvar))
+        h_pred, pred_state = call("predictor", 0, torch.cat([enc.h[:k], z[:k], enc.cond[:k]], 2))
+        preds = [self._decode_steps(h_pred, enc.skips, range(1, k + 1), partial(call, "decoder", 0))]
+        x_prev = preds[0].unbind(0)[-1]  # unbind, not select: one stack in the backward
+        preds[0] = preds[0].flatten(0, 1)  # 4-D: a 5-D cat would come out NCHW whatever its inputs' format
+        fixed: dict[int, list[tuple[torch.Tensor, ...]]] = {}  # skips of a ground-truth frame, one view per step
+        for s, (i, z_i) in enumerate(zip(range(k + 1, T), z.unbind(0)[k:]), start=1):
+            h_in, skips_in = call("encoder", s, x_prev)
+            if self.prior is not None:
+                (_, pmu, plogvar), prior_state = call("prior", s, h_in[None], prior_state, sample=False)
+                prior_stats.append((pmu, plogvar))
+            h_pred, pred_state = call("predictor", s, torch.cat([h_in, z_i, enc.cond[i - 1]], 1)[None], pred_state)
+            j = self.skip_source(i)
+            if j == i - 1:
+                skips = skips_in
+            else:
+                if j not in fixed:
+                    fixed[j] = [rows(m, j * B, (j + 1) * B)[None].expand(T - 1 - k, B, *m.shape[1:]).unbind(0)
+                                for m in enc.skips]
+                skips = [v[s - 1] for v in fixed[j]]
+            x_prev = call("decoder", s, h_pred.view(B, -1), skips)
+            preds.append(x_prev)
+        prior = tuple(torch.cat(p) for p in zip(*prior_stats)) if prior_stats else None
+        return self._loss(torch.cat(preds).view(T - 1, B, *x_prev.shape[1:]), enc, mu, logvar, prior, beta)
+
+    def _encode(self, frames: torch.Tensor, cond: torch.Tensor, encoder=None) -> Encoded:
+        """All T frames in one call of `encoder` (the module's own by default; BatchNorm statistics per time step
+        with `bn_stats: step`)."""
         B, T, C, H, W = frames.shape
         if T < 2 or cond.shape[:2] != (B, T) or cond.shape[2] != self.cond_dim:
-            raise ValueError(f"SVG.forward: need frames [B, T>=2, C, H, W] and cond [B, T, {self.cond_dim}], "
+            raise ValueError(f"SVG: need frames [B, T>=2, C, H, W] and cond [B, T, {self.cond_dim}], "
                              f"got {tuple(frames.shape)} and {tuple(cond.shape)}")
+        if self.encoder.c1[0][0].weight.is_contiguous(memory_format=torch.channels_last):
+            # time-major in one copy, in the model's memory format: the loss's targets then match the predictions'
+            x = frames.permute(1, 0, 3, 4, 2).reshape(T * B, H, W, C).permute(0, 3, 1, 2)
+        else:
+            x = frames.transpose(0, 1).reshape(T * B, C, H, W)
         groups = T if self.cfg.bn_stats == "step" else 1
-        x = frames.transpose(0, 1)  # time-major [T, B, ...]: a step's frames are one contiguous block
-        h_all, skips_all = self.encoder(x.reshape(T * B, C, H, W), groups=groups)
-        h_all = h_all.view(T, B, -1)
-        skips_all = [s.view(T, B, *s.shape[1:]) for s in skips_all]
-        post_state = prior_state = pred_state = None
-        mus, logvars, prior_mus, prior_logvars, preds = [], [], [], [], []
-        x_prev = None
-        for i in range(1, T):
-            if teacher_forcing or i - 1 < self.n_past:
-                h_in, skips_in = h_all[i - 1], [s[i - 1] for s in skips_all]
-            else:
-                h_in, skips_in = self.encoder(x_prev)
-            (z, mu, logvar), post_state = self.posterior(h_all[i], post_state)
-            if self.prior is not None:
-                (_, pmu, plogvar), prior_state = self.prior(h_in, prior_state, sample=False)
-                prior_mus.append(pmu)
-                prior_logvars.append(plogvar)
-            h_pred, pred_state = self.predictor(torch.cat([h_in, z, cond[:, i - 1].to(h_in.dtype)], 1), pred_state)
-            mus.append(mu)
-            logvars.append(logvar)
-            if teacher_forcing:
-                preds.append(h_pred)
-            else:
-                j = self.skip_source(i)
-                x_prev = self.decoder(h_pred, skips_in if j == i - 1 else [s[j] for s in skips_all])
-                preds.append(x_prev)
-        if teacher_forcing:
-            x_pred = self._decode_batched(torch.stack(preds), skips_all, groups > 1)
-        else:
-            x_pred = torch.stack(preds)
-        mse = (_at_least_float32(x_pred) - _at_least_float32(x[1:])).pow(2).mean(dim=(1, 2, 3, 4)).sum()
-        mu, logvar = torch.stack(mus, 1), torch.stack(logvars, 1)
-        if self.prior is None:
-            kld = kl_divergence(mu, logvar)
-        else:
-            kld = kl_divergence(mu, logvar, torch.stack(prior_mus, 1), torch.stack(prior_logvars, 1))
+        h, skips = (encoder or self.encoder)(x, groups=groups)
+        return Encoded(x.view(T, B, C, H, W), h.view(T, B, -1), skips, cond.transpose(0, 1).to(h.dtype))
+
+    def _posterior(self, enc: Encoded, noise: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """q(z_i | x_1..i) for every step in one call: (z, mu, logvar), each [T-1, B, z_dim]."""
+        noise = self.loss_noise(enc.x.transpose(0, 1)) if noise is None else noise
+        if noise.shape != (enc.h.shape[0] - 1, enc.h.shape[1], self.cfg.z_dim):
+            raise ValueError(f"SVG: need noise [T-1, B, {self.cfg.z_dim}], got {tuple(noise.shape)}")
+        return self.posterior(enc.h[1:], eps=noise)[0]
+
+    def _decode_steps(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], steps: range,
+                      decoder=None) -> torch.Tensor:
+        """Decode h_pred [S, B, g_dim] (steps `steps`, in order) in one call of `decoder` (the module's own by
+        default) -> [S, B, C, H, W].
+
+        Skips come from frames `skip_source(i)` of skips_all (time-major rows); when several steps share a
+        skip frame, only the distinct frames are passed, with how many consecutive steps each serves."""
+        S, B = h_pred.shape[:2]
+        idx = [self.skip_source(i) for i in steps]
+        frames = sorted(set(idx))  # idx never decreases and its frames are consecutive: one slice of rows
+        skips = [rows(s, frames[0] * B, (frames[-1] + 1) * B) for s in skips_all]
+        repeats = None if len(frames) == S else [idx.count(j) for j in frames]
+        groups = S if self.cfg.bn_stats == "step" else 1
+        x = (decoder or self.decoder)(h_pred.reshape(S * B, -1), skips, repeats, groups=groups)
+        return x.view(S, B, *x.shape[1:])
+
+    def _loss(self, x_pred: torch.Tensor, enc: Encoded, mu: torch.Tensor, logvar: torch.Tensor,
+              prior: tuple[torch.Tensor, torch.Tensor] | None, beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The summed per-step MSE of x_pred [T-1, B, C, H, W] against x_1.. and the summed KL (see
+        `teacher_forced_loss`)."""
+        # every step has B*C*H*W pixels: the sum over steps of per-step means is the total over one step's count.
+        # Written out rather than F.mse_loss, whose gradient comes out NCHW whatever the predictions' format.
+        diff = _at_least_float32(x_pred) - _at_least_float32(enc.x[1:])
+        mse = diff.square().sum() * (1.0 / x_pred[0].numel())
+        kld = kl_divergence(mu, logvar, *(prior or ()), batch_dim=1)
         return {"loss": mse + beta * kld, "mse": mse, "kld": kld}
-
-    def _decode_batched(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], per_step: bool) -> torch.Tensor:
-        """Decode h_pred [T-1, B, g_dim] (time-major, step i at position i-1) in one decoder call
-        -> [T-1, B, C, H, W].
-
-        Skips come from frames `skip_source(i)` of skips_all [T, B, ...]; when several steps share a skip frame,
-        only the distinct frames are passed, with how many consecutive steps each serves.
-        """
-        steps, B = h_pred.shape[:2]
-        idx = [self.skip_source(i) for i in range(1, steps + 1)]
-        frames = sorted(set(idx))
-        h = h_pred.reshape(steps * B, -1)
-        groups = steps if per_step else 1
-        # idx never decreases and its frames are consecutive: slices (an index list would be a blocking copy
-        # to the GPU), each frame serving a run of consecutive steps
-        skips = [s[frames[0]:frames[-1] + 1].flatten(0, 1) for s in skips_all]
-        repeats = None if len(frames) == steps else [idx.count(j) for j in frames]
-        x = self.decoder(h, skips, repeats, groups=groups)
-        return x.view(steps, B, *x.shape[1:])
 
     def noise_steps(self, n_future: int) -> int:
         """Rows of `generate`'s noise: one z per step, steps 1 .. n_past + n_future - 1."""
@@ -173,37 +253,6 @@ class SVG(nn.Module):
         from; `noise=None` uses every Gaussian's mean instead. Does not change train/eval mode: call `.eval()`
         first for inference.
         """
-        B, n_past = past.shape[:2]
-        steps = self.noise_steps(n_future)
-        if n_past != self.n_past or cond.shape[0] != B or cond.shape[1] < steps or cond.shape[2] != self.cond_dim \
-                or n_future < 1 or (noise is not None and tuple(noise.shape) != (B, steps, self.cfg.z_dim)):
-            raise ValueError(f"SVG.generate: need past [B, {self.n_past}, C, H, W], cond [B, >= {steps}, "
-                             f"{self.cond_dim}], noise [B, {steps}, {self.cfg.z_dim}] and n_future >= 1, got "
-                             f"{tuple(past.shape)}, {tuple(cond.shape)}, "
-                             f"{None if noise is None else tuple(noise.shape)} and {n_future}")
-        sample = noise is not None
-        h_past, skips_past = self.encoder(past.flatten(0, 1))
-        h_past = h_past.view(B, n_past, -1)
-        skips_past = [s.view(B, n_past, *s.shape[1:]) for s in skips_past]
-        post_state = prior_state = pred_state = None
-        out, x_prev = [], None
-        for i in range(1, n_past + n_future):
-            eps = noise[:, i - 1].to(past.device) if sample else None
-            if i - 1 < n_past:
-                h_in, skips_in = h_past[:, i - 1], [s[:, i - 1] for s in skips_past]
-            else:
-                h_in, skips_in = self.encoder(x_prev)
-            if i < n_past:
-                (z, _, _), post_state = self.posterior(h_past[:, i], post_state, eps, sample)
-                if self.prior is not None:
-                    _, prior_state = self.prior(h_in, prior_state, sample=False)
-            elif self.prior is not None:
-                (z, _, _), prior_state = self.prior(h_in, prior_state, eps, sample)
-            else:
-                z = eps.to(h_in.dtype) if sample else h_in.new_zeros(B, self.cfg.z_dim)
-            h_pred, pred_state = self.predictor(torch.cat([h_in, z, cond[:, i - 1].to(h_in.dtype)], 1), pred_state)
-            if i >= n_past:
-                j = self.skip_source(i)
-                x_prev = self.decoder(h_pred, skips_in if j == i - 1 else [s[:, j] for s in skips_past])
-                out.append(x_prev)
-        return torch.stack(out, 1)
+        from toolkit.model.generate import generate
+
+        return generate(self, past, cond, n_future, noise)

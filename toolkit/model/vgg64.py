@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def scaled(channels: int, width: float) -> int:
@@ -32,8 +33,8 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """`bn(x)`, except that in training mode with groups > 1 the rows of x [N, C, H, W] are `groups` consecutive
+def batch_norm(bn: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """`bn(x)`, except that in training mode with groups > 1 the rows of x [N, C, ...] are `groups` consecutive
     blocks (time-major: one time step each) and each block is normalized as a call of its own, the module's
     running statistics updated once per block, as the reference's per-step calls do.
 
@@ -47,21 +48,28 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor
     return per_step_batch_norm(bn, x, groups)
 
 
-def per_step_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Training-mode BatchNorm of each of the `groups` row blocks of x on its own, in one pass."""
-    xv = x.view(groups, -1, *x.shape[1:])  # [T, B, C, H, W], at least float32: bf16 statistics are too coarse
-    xv = xv.to(torch.promote_types(x.dtype, torch.float32))
-    var, mean = torch.var_mean(xv, dim=(1, 3, 4), keepdim=True, correction=0)
-    shape = (1, 1, -1, 1, 1)
-    y = (xv - mean) * torch.rsqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+def per_step_batch_norm(bn: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Training-mode BatchNorm of each of the `groups` row blocks of x [N, C, ...] on its own, in one call: the
+    time steps become channels of one native BatchNorm call (x [T*B, C, ...] -> [1, T*C, B, ...], weights
+    repeated), one copy there and one back into x's memory format, instead of statistics, normalization and
+    their backward written out in a dozen small kernels. Running statistics (when tracked) are updated once
+    per block, in order."""
+    C, rest = x.shape[1], x.shape[2:]
+    B = x.shape[0] // groups
+    flat = x.view(groups, B, C, *rest).transpose(1, 2).reshape(1, groups * C, B, *rest)
+    y = F.batch_norm(flat, None, None, bn.weight.repeat(groups), bn.bias.repeat(groups), True, 0.0, bn.eps)
     if bn.track_running_stats:
-        n = xv[0].numel() // xv.shape[2]  # values per channel and block
         with torch.no_grad():
-            _update_running(bn, mean.view(groups, -1), var.view(groups, -1) * (n / max(n - 1, 1)))
-    return y.view_as(x).to(x.dtype)
+            wide = flat.to(torch.promote_types(flat.dtype, torch.float32))
+            var, mean = torch.var_mean(wide, dim=(0, *range(2, flat.dim())), correction=1)
+            _update_running(bn, mean.view(groups, C), var.view(groups, C))
+    y = y.view(groups, C, B, *rest)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return y.permute(0, 2, 3, 4, 1).reshape(x.shape[0], *rest, C).permute(0, 3, 1, 2)
+    return y.transpose(1, 2).reshape(x.shape)
 
 
-def _update_running(bn: nn.BatchNorm2d, means: torch.Tensor, variances: torch.Tensor) -> None:
+def _update_running(bn: _BatchNorm, means: torch.Tensor, variances: torch.Tensor) -> None:
     """The running statistics after one module call per row of means/variances [T, C], in order."""
     steps = means.shape[0]
     if bn.momentum is None:  # cumulative averages: one update after the other
@@ -72,22 +80,82 @@ def _update_running(bn: nn.BatchNorm2d, means: torch.Tensor, variances: torch.Te
         bn.num_batches_tracked.add_(steps)
         return
     m = bn.momentum  # r_T = (1 - m)^T r_0 + sum_t m (1 - m)^(T-1-t) s_t
-    weights = m * (1 - m) ** torch.arange(steps - 1, -1, -1, device=means.device, dtype=torch.float64)
+    weights = _momentum_weights(m, steps, means.device)
     for running, stats in ((bn.running_mean, means), (bn.running_var, variances)):
-        running.mul_((1 - m) ** steps).add_((weights[:, None] * stats.double()).sum(0).to(running.dtype))
+        running.mul_((1 - m) ** steps).add_((weights @ stats.to(weights.dtype)).to(running.dtype))
     bn.num_batches_tracked.add_(steps)
 
 
+_WEIGHTS: dict = {}
+
+
+def _momentum_weights(momentum: float, steps: int, device: torch.device) -> torch.Tensor:
+    """m (1 - m)^(T-1-t) for t < T, float64 on `device`; made once per (momentum, T, device), so a step (and a
+    CUDA graph's capture) does not rebuild it."""
+    key = (momentum, steps, str(device))
+    if key not in _WEIGHTS:
+        exponents = torch.arange(steps - 1, -1, -1, dtype=torch.float64)
+        _WEIGHTS[key] = (momentum * (1 - momentum) ** exponents).to(device)
+    return _WEIGHTS[key]
+
+
 def run_layers(layers: nn.Sequential, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Apply a Sequential (nested Sequentials included) with `batch_norm` grouping for its BatchNorm2d layers."""
+    """Apply a Sequential (nested Sequentials included) with `batch_norm` grouping for its BatchNorm layers."""
     for layer in layers:
         if isinstance(layer, nn.Sequential):
             x = run_layers(layer, x, groups)
-        elif isinstance(layer, nn.BatchNorm2d):
+        elif isinstance(layer, _BatchNorm):
             x = batch_norm(layer, x, groups)
         else:
             x = layer(x)
     return x
+
+
+def conv_on_whole_map(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for an unpadded convolution whose kernel covers the whole map (the encoder's 4x4 convolution
+    on 4x4 maps) as one matrix product: x [N, C, k, k] -> [N, C_out, 1, 1]. The same numbers as the
+    convolution (to rounding), without the 1x1 outputs whose strides channels_last leaves ambiguous
+    (pytorch#95693) and that inductor's stride checks trip on (pytorch#171622)."""
+    w = conv.weight
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():  # (H, W, C) order: views
+        x, w = x.permute(0, 2, 3, 1), w.permute(0, 2, 3, 1)
+    y = F.linear(x.reshape(x.shape[0], -1), w.reshape(w.shape[0], -1), conv.bias)
+    return y.view(*y.shape, 1, 1)
+
+
+def deconv_from_point(deconv: nn.ConvTranspose2d, h: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """`deconv(h.view(N, C, 1, 1))` for the decoder's 4x4 transposed convolution from a 1x1 map, as one matrix
+    product: h [N, C] -> [N, C_out, k, k] (channels_last memory when asked). See `conv_on_whole_map`."""
+    w = deconv.weight  # [C, C_out, k, k]
+    if channels_last:  # rows in (k, k, C_out) order: the output is channels_last without a copy
+        y = (h @ w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)).view(h.shape[0], *w.shape[2:], w.shape[1])
+        return (y + deconv.bias.to(y.dtype)).permute(0, 3, 1, 2)  # as the convolution: autocast's dtype
+    y = (h @ w.reshape(w.shape[0], -1)).view(h.shape[0], *w.shape[1:])
+    return y + deconv.bias.to(y.dtype).view(-1, 1, 1)
+
+
+class _Rows(torch.autograd.Function):
+    """x[start:end] (rows of a batch) whose gradient keeps x's memory format: autograd's slice backward fills a
+    contiguous (NCHW) zero tensor, and one NCHW gradient added into channels_last ones sends every later
+    elementwise backward down a mixed-format path several times slower on a CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        ctx.shape, ctx.start, ctx.end = x.shape, start, end
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.format = torch.channels_last if channels_last else torch.contiguous_format
+        return x[start:end]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.new_zeros(ctx.shape).contiguous(memory_format=ctx.format)
+        out[ctx.start:ctx.end] = grad
+        return out, None, None
+
+
+def rows(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows start..end-1 of x, with a gradient in x's memory format (see `_Rows`)."""
+    return _Rows.apply(x, start, end) if x.requires_grad else x[start:end]
 
 
 class VGGLayer(nn.Sequential):
@@ -117,7 +185,7 @@ class Encoder(nn.Module):
         h2 = run_layers(self.c2, self.mp(h1), groups)
         h3 = run_layers(self.c3, self.mp(h2), groups)
         h4 = run_layers(self.c4, self.mp(h3), groups)
-        h5 = run_layers(self.c5, self.mp(h4), groups)
+        h5 = run_layers(self.c5[1:], conv_on_whole_map(self.c5[0], self.mp(h4)), groups)
         return h5.reshape(-1, self.g_dim), [h1, h2, h3, h4]
 
 
@@ -143,7 +211,9 @@ class Decoder(nn.Module):
         of h (consecutive time steps sharing a skip frame): the skip half of each decoder block's first
         convolution then runs once per distinct skip frame instead of once per output (the same result, less
         work). `groups` > 1: BatchNorm statistics per time step, as in `Encoder.forward`."""
-        d = run_layers(self.upc1, h.reshape(-1, self.g_dim, 1, 1), groups)
+        deconv = self.upc1[0]
+        channels_last = deconv.weight.is_contiguous(memory_format=torch.channels_last)
+        d = run_layers(self.upc1[1:], deconv_from_point(deconv, h.reshape(-1, self.g_dim), channels_last), groups)
         for block, skip in zip((self.upc2, self.upc3, self.upc4, self.upc5), skips[::-1]):
             d = self._block(block, self.up(d), skip, skip_repeats, groups)
         return d
@@ -155,11 +225,15 @@ class Decoder(nn.Module):
             return run_layers(block, torch.cat([up, skip], 1), groups)
         conv, bn, act = block[0]  # conv(cat(up, skip)) = conv_up(up) + conv_skip(skip), by input channel
         n = up.shape[1]
-        y = F.conv2d(up, conv.weight[:, :n], conv.bias, padding=1)
-        s = F.conv2d(skip, conv.weight[:, n:], None, padding=1)
-        y = y.view(sum(skip_repeats), -1, *y.shape[1:])
-        rows, start, parts = s.shape[0] // len(skip_repeats), 0, []
-        for k, r in enumerate(skip_repeats):  # broadcasting, not indexing: a deterministic backward
-            parts.append(y[start:start + r] + s[k * rows:(k + 1) * rows])
-            start += r
-        return run_layers(block[1:], act(batch_norm(bn, torch.cat(parts).flatten(0, 1), groups)), groups)
+        # splits, not slices: their backward is one cat, a slice's a zero fill and a copy each
+        w_up, w_skip = torch.split(conv.weight, [n, conv.weight.shape[1] - n], dim=1)
+        y = F.conv2d(up, w_up, conv.bias, padding=1)
+        s = F.conv2d(skip, w_skip, None, padding=1)
+        m = s.shape[0] // len(skip_repeats)  # rows per time step
+        parts = []
+        for y_k, s_k, r in zip(torch.split(y, [r * m for r in skip_repeats]), torch.split(s, m), skip_repeats):
+            # broadcasting, not indexing (a deterministic backward), added and flattened per part: a 5-D cat
+            # would come out NCHW-contiguous, whatever its inputs
+            parts.append((y_k.view(r, m, *y_k.shape[1:]) + s_k).flatten(0, 1))
+        x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return run_layers(block[1:], act(batch_norm(bn, x, groups)), groups)

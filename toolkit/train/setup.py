@@ -24,6 +24,7 @@ from toolkit.errors import DataError, ToolkitError
 from toolkit.fsutil import atomic_write_text
 from toolkit.model import SVG
 from toolkit.train import checkpoint as ckpt
+from toolkit.train.batchnorm import track_running_stats
 from toolkit.train.resume import continuation_warnings, resume_target
 from toolkit.train.runlog import RunLog
 from toolkit.train.step import make_optimizer
@@ -85,6 +86,7 @@ def build_model(cfg: Config, args: dict) -> SVG:
     """
     set_seed(cfg.train.seed)
     model = SVG(cfg.model, **args)
+    track_running_stats(model, cfg.train.bn_batches == 0)  # otherwise re-estimated before they are read
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.train.compile:

@@ -23,7 +23,9 @@ EPOCH_SUMS = ("loss", "mse", "kld", "batches")
 
 
 class Meter:
-    """Device-side values: the last micro-batch (summed over ranks), the epoch so far, skipped steps."""
+    """Device-side values: the last micro-batch (summed over ranks), the epoch so far, skipped steps. Every
+    update is in place on tensors made here, so a CUDA graph that captured a step updates these very tensors
+    on every replay."""
 
     def __init__(self, device: torch.device, world: int, epoch_sums: list[float] | None = None) -> None:
         self.world = world
@@ -32,16 +34,19 @@ class Meter:
         self.window_bad = torch.zeros((), dtype=torch.bool, device=device)
         self.skipped = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self._one = torch.ones(1, dtype=torch.float64, device=device)
+        self._teacher_forced = {tf: torch.tensor(float(tf), device=device) for tf in (False, True)}
 
     def add(self, accelerator: Accelerator, out: dict[str, torch.Tensor], teacher_forcing: bool) -> torch.Tensor:
         """Record a micro-batch; returns the factor for its loss: 1, or NaN when some rank's loss is not finite."""
         loss = out["loss"].detach()
-        local = torch.stack([loss, out["mse"].detach(), out["kld"].detach(), ~torch.isfinite(loss),
-                             loss.new_full((), float(teacher_forcing))]).double()  # a fill, not a host copy
-        self.last = accelerator.reduce(local, "sum") if self.world > 1 else local
+        not_finite = (loss - loss) != 0  # NaN for inf and NaN: one kernel fewer than ~isfinite
+        local = torch.stack([loss, out["mse"].detach(), out["kld"].detach(), not_finite,
+                             self._teacher_forced[teacher_forcing]]).double()
+        self.last.copy_(accelerator.reduce(local, "sum") if self.world > 1 else local)
         ok = self.last[3] == 0
-        one = torch.ones(1, dtype=torch.float64, device=loss.device)
-        self.epoch += torch.where(ok, torch.cat([self.last[:3] / self.world, one]), 0.0)
+        means = self.last[:3] / self.world if self.world > 1 else self.last[:3]
+        self.epoch += torch.where(ok, torch.cat([means, self._one]), 0.0)
         self.window_bad |= ~ok
         return torch.where(ok, 1.0, math.nan).to(loss.dtype)
 
@@ -49,10 +54,10 @@ class Meter:
         """End of an accumulation window: (whether the optimizer must skip it: a non-finite gradient norm,
         whether a loss in it was not finite). A skip counts as non-finite when the loss was not finite or,
         without an fp16 GradScaler (whose overflow skips are routine), when the gradients were not."""
-        found, bad = ~torch.isfinite(grad_norm), self.window_bad
+        found, bad = (grad_norm - grad_norm) != 0, self.window_bad.clone()  # not finite
         self.skipped += bad if scaled else (bad | found)
-        self.window_bad = torch.zeros_like(bad)
-        self.grad_norm = grad_norm.detach().double()
+        self.window_bad.zero_()
+        self.grad_norm.copy_(grad_norm.detach())
         return found, bad
 
     def read(self) -> dict:
