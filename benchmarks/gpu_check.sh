@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# One GPU, under 8 minutes, a short report at the end:
-#   1. throughput of the lab model (22M parameters) in bf16, batch 12 per GPU, compile off and on: sequences/s,
-#      ms/step and MFU from the counted FLOPs per step (alone on the GPU: about 2.5 minutes);
-#   2. 5 minutes of the lab-shaped model (recipes/train/bair_lab.yaml) on the embedded pushing world, stopped with
-#      SIGTERM (the trainer saves a checkpoint), validated every epoch, then `cvae eval` of the stopped checkpoint
-#      on the validation split against copy-last-frame; meanwhile
-#   3. the tests that need CUDA (tests/test_cuda.py: bf16, fp16 with the gradient scaler, 1-GPU DDP through
-#      accelerate, eval on CUDA vs CPU) and the non-finite guard (fused Adam skipping on the device).
+# One GPU, under 8 minutes, a short report at the end ($OUT/report.txt):
+#   1. throughput of the lab model (22M parameters) in bf16 at batch 12, 48 and 96 per GPU, eager and with
+#      whole-step CUDA graphs, teacher forcing on and off: ms/step, sequences/s, MFU; a profile of the batch-12
+#      step (CUDA kernel time against wall time); then train.compile at batch 12 (alone on the GPU, ~4.5 min);
+#   2. TRAIN_SECONDS (150) of the lab-shaped model (recipes/train/bair_lab.yaml) in bf16 with CUDA graphs on the
+#      embedded pushing world, stopped with SIGTERM (the trainer saves a checkpoint), validated every epoch,
+#      then `cvae eval` of the stopped checkpoint on the validation split against copy-last-frame; meanwhile
+#   3. the tests that need CUDA (tests/test_cuda.py: bf16, fp16 with the gradient scaler, 1-GPU DDP, eval on
+#      CUDA vs CPU, graphed vs eager steps, a resumed graphed run, compile with channels_last) and the
+#      non-finite guard;
+#   4. the speed of the `svg` evaluation protocol (100 samples x 28 frames), if benchmarks/eval_speed.py exists.
 #
 #   bash benchmarks/gpu_check.sh            # logs and report in $OUT (default runs/gpu_check)
-#   TRAIN_SECONDS=200 SKIP_TESTS=1 bash benchmarks/gpu_check.sh     # a shorter check
+#   TRAIN_SECONDS=100 SKIP_TESTS=1 SKIP_COMPILE=1 bash benchmarks/gpu_check.sh     # a shorter check
 #
-# Needs torch with CUDA, accelerate, webdataset, pytest; W&B is switched off. Uses shards/pushing if present,
-# else generates it (about a minute).
+# Needs torch with CUDA and the project's dependencies importable (pip install -e .); W&B is switched off.
+# Uses shards/pushing if present, else generates it (about a minute).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # toolkit uninstalled too
-seconds=${TRAIN_SECONDS:-300}
+seconds=${TRAIN_SECONDS:-150}
 report="$OUT/report.txt"
 : >"$report"
 say() { echo "$*" | tee -a "$report"; }
@@ -30,36 +33,38 @@ if [ ! -f shards/pushing/manifest.json ]; then
         python -m toolkit shards convert /tmp/pushing-folders shards/pushing --maxcount 64 --quiet
 fi
 
-# 1. throughput, alone on the GPU: eager first, then compiled (its compilation may take minutes)
-timeout 80 python benchmarks/throughput.py --device cuda --models full --compile off --rounds 3 --steps 20 \
+# 1. throughput, alone on the GPU: eager and graphs first, then compiled (its compilation takes minutes)
+timeout 170 python benchmarks/gpu_throughput.py --batches 12,48,96 --modes eager,graphs --profile \
     >"$OUT/throughput.log" 2>&1
-say "## 1a. throughput, eager (exit $?)"
-grep -E "^##|^variant|^toolkit" "$OUT/throughput.log" | tee -a "$report"
-timeout 150 python benchmarks/throughput.py --device cuda --models full --compile only --rounds 3 --steps 20 \
-    >"$OUT/throughput_compiled.log" 2>&1
-say "## 1b. throughput, compiled (exit $?)"
-grep -E "^toolkit" "$OUT/throughput_compiled.log" | tee -a "$report"
+say "## 1a. throughput, eager and CUDA graphs (exit $?)"
+grep -vE "^\s*$|Warning|warn" "$OUT/throughput.log" | tail -n 30 | tee -a "$report"
+if [ -z "${SKIP_COMPILE:-}" ]; then
+    timeout 150 python benchmarks/gpu_throughput.py --batches 12 --modes compile --rounds 2 \
+        >"$OUT/throughput_compiled.log" 2>&1
+    say "## 1b. throughput, train.compile (exit $?)"
+    grep -E "^ +12 |failed" "$OUT/throughput_compiled.log" | tee -a "$report"
+fi
 
-# 2. five minutes of training in the background ...
+# 2. training in the background ...
 run=/tmp/gpu_check_lab
 rm -rf "$run"
 timeout -s TERM "$seconds" python -m toolkit train recipes/train/bair_lab.yaml --data.shards=shards/pushing \
     --train.run_dir="$run" --train.epochs=1000 --train.epoch_size=300 --train.eval_every=1 --train.progress=false \
-    --train.mixed_precision=bf16 --wandb.mode=disabled >"$OUT/train.log" 2>&1 &
+    --train.mixed_precision=bf16 --train.cuda_graphs=true --wandb.mode=disabled >"$OUT/train.log" 2>&1 &
 train_pid=$!
 
 # 3. ... while the CUDA tests run
 if [ -z "${SKIP_TESTS:-}" ]; then
-    timeout 280 python -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    timeout 200 python -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py \
         "tests/test_train.py::test_nonfinite_losses_are_skipped_then_abort_keeps_the_last_checkpoint" \
         >"$OUT/tests.log" 2>&1
     say "## 3. CUDA tests (exit $?)"
-    tail -n 3 "$OUT/tests.log" | tee -a "$report"
+    grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|largest" "$OUT/tests.log" | tail -n 16 | tee -a "$report"
 fi
 
 wait "$train_pid"
-say "## 2. training (exit $?; 124 = stopped by the signal after $seconds s, which the trainer saw through)"
-grep -E "parameters|stopped by a signal" "$OUT/train.log" | tee -a "$report"
+say "## 2. training with CUDA graphs (exit $?; 124 = stopped by the signal after $seconds s, which the trainer saw through)"
+grep -E "parameters|captured|cuda_graphs|stopped by a signal" "$OUT/train.log" | tee -a "$report"
 cp "$run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null
 python - "$run" <<'EOF' | tee -a "$report"
 import json, sys
@@ -77,4 +82,11 @@ if [ -n "$newest" ]; then
         >"$OUT/eval.log" 2>&1
     say "## cvae eval of $(basename "$newest") on validate (exit $?)"
     tail -n 3 "$OUT/eval.log" | tee -a "$report"
+    # 4. the svg protocol's speed on this GPU
+    if [ -f benchmarks/eval_speed.py ]; then
+        timeout 90 python benchmarks/eval_speed.py "$newest" --shards shards/pushing --protocol svg --videos 32 \
+            >"$OUT/eval_speed.log" 2>&1
+        say "## 4. svg protocol speed (exit $?)"
+        tail -n 4 "$OUT/eval_speed.log" | tee -a "$report"
+    fi
 fi

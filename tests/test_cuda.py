@@ -1,8 +1,10 @@
 """On a CUDA GPU (skipped without one; `benchmarks/gpu_check.sh` runs them): bf16 and fp16 training, 1-GPU DDP
-through accelerate, and evaluation on the GPU agreeing with the CPU."""
+through accelerate, evaluation on the GPU agreeing with the CPU, whole-step CUDA graphs against eager steps and
+across a resume, and torch.compile with channels_last."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -58,3 +60,71 @@ def test_eval_on_the_gpu_agrees_with_the_cpu(tiny_run, pushing_shards, tmp_path)
     print(f"largest per-sequence PSNR difference, GPU vs CPU: {gap.max():.2e} dB")
     assert gap.max() < 1e-3  # float32 on both (no TF32): rounding only
     assert f"{reports['cuda']['mean']['psnr']:.2f}" == f"{reports['cpu']['mean']['psnr']:.2f}"
+
+
+BF16_LOSS_RTOL = 2e-2
+"""Graphed against eager bf16 losses: the same kernels, but some CUDA backward kernels (upsampling's,
+convolutions' weight gradients) add with atomics, so two runs differ by bf16 rounding that training grows."""
+
+
+def test_graphed_steps_give_the_eager_losses():
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
+
+    from toolkit.config import ModelConfig
+    from toolkit.model import SVG
+    from toolkit.train.graphs import WARMUP, GraphedStep
+    from toolkit.train.step import Meter, make_optimizer, train_micro_batch
+
+    acc = Accelerator(mixed_precision="bf16", kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+    torch.manual_seed(0)
+    base = SVG(ModelConfig(width=0.125, g_dim=16, z_dim=4, rnn_size=32), cond_dim=7, n_past=2)
+    sides = {}
+    for graphed in (False, True):
+        model = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        model, optimizer = acc.prepare(model, make_optimizer(model, 2e-3, (0.9, 0.999), 0.0, acc.device,
+                                                             capturable=graphed))
+        meter = Meter(acc.device, 1)
+        step = (GraphedStep(acc, model, optimizer, meter, 1.0, (11, 4, 4)) if graphed else
+                lambda f, c, tf, b: train_micro_batch(acc, model, optimizer, meter, f, c, tf, b, grad_clip=1.0))
+        g = torch.Generator().manual_seed(1)
+        losses = []
+        for i in range(2 * WARMUP + 20):  # the warm-up of both modes, then 20 graphed steps
+            frames, cond = torch.rand(4, 12, 3, 64, 64, generator=g).cuda(), torch.randn(4, 12, 7, generator=g).cuda()
+            torch.cuda.manual_seed(i)
+            step(frames, cond, i % 2 == 0, 1e-3)
+            losses.append(float(meter.last[0]))
+        sides[graphed] = (losses, step)
+    assert len(sides[True][1].graphs) == 2
+    eager, graphed = np.array(sides[False][0]), np.array(sides[True][0])
+    print(f"largest relative loss difference over {len(eager)} steps: {np.max(np.abs(graphed / eager - 1)):.2e}")
+    assert np.allclose(graphed, eager, rtol=BF16_LOSS_RTOL)
+    assert graphed[-1] < graphed[0]  # and it learns
+
+
+def test_a_resumed_graphed_run_logs_what_an_uninterrupted_one_does(tmp_path, pushing_shards):
+    common = {"mixed_precision": "bf16", "cuda_graphs": True, "epoch_size": 16, "eval_every": 2}
+    runs = {}
+    for name, epochs in (("whole", [4]), ("resumed", [2, 4])):
+        for n in epochs:
+            recipe = tiny_recipe(tmp_path / f"{name}.yaml", pushing_shards, tmp_path / name,
+                                 schedule={"tfr": 0.5}, train={**common, "epochs": n, "resume": "auto"})
+            proc = run_toolkit("train", str(recipe))
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert "captured the teacher-forced step" in proc.stdout and "cuda_graphs" not in proc.stderr
+        runs[name] = [r for r in read_metrics(tmp_path / name) if r["kind"] in ("step", "val")]
+    assert [(r["kind"], r["step"]) for r in runs["whole"]] == [(r["kind"], r["step"]) for r in runs["resumed"]]
+    for a, b in zip(runs["whole"], runs["resumed"]):
+        key = "loss" if a["kind"] == "step" else "psnr"
+        assert a[key] == pytest.approx(b[key], rel=BF16_LOSS_RTOL), (a, b)
+        assert a.get("teacher_forced") == b.get("teacher_forced")
+
+
+def test_compile_with_channels_last_trains(tmp_path, pushing_shards):
+    recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run",
+                         train={"epochs": 1, "epoch_size": 4, "compile": True, "channels_last": True,
+                                "mixed_precision": "bf16"})
+    proc = run_toolkit("train", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = read_metrics(tmp_path / "run", "step")
+    assert len(steps) == 4 and all(np.isfinite(r["loss"]) for r in steps)

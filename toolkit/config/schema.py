@@ -144,6 +144,10 @@ class TrainConfig:
     compile: bool = False
     """`torch.compile` the encoder, decoder and LSTMs (in place: checkpoints are unchanged); the first steps
     take longer while it compiles."""
+    cuda_graphs: bool = False
+    """Capture each training step (forward, backward, clipping, Adam) in a CUDA graph and replay it: one launch
+    per step instead of thousands (toolkit/train/graphs.py). Needs a CUDA GPU, optim.grad_accum = 1, no fp16
+    gradient scaler and train.compile off; otherwise the run says why at start-up and runs eager."""
     bn_batches: int = 20
     """Before every validation and checkpoint, replace the BatchNorm running statistics by their average over
     this many training batches with the current weights (0: keep the running averages of training, which

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from functools import partial
 
 from accelerate.utils import gather_object
 from tqdm import tqdm
@@ -28,7 +29,7 @@ from toolkit.train.batchnorm import reestimate_batchnorm
 from toolkit.train.runlog import read_metrics
 from toolkit.train.schedules import learning_rate, schedule_values, teacher_forcing_on
 from toolkit.train.setup import Run, param_checksum, setup
-from toolkit.train.step import EPOCH_SUMS, Meter, train_micro_batch
+from toolkit.train.step import EPOCH_SUMS, set_learning_rate, train_micro_batch
 from toolkit.train.validation import validate
 
 
@@ -61,7 +62,10 @@ def run_epoch(run: Run) -> tuple[float, int]:
     batches = iter(loader)
     for _ in range(start):  # a mid-epoch checkpoint: skip the batches already trained on
         next(batches)
-    meter = Meter(acc.device, acc.num_processes, state.epoch_sums)
+    meter = run.meter
+    meter.begin_epoch(state.epoch_sums)
+    step = run.graphed or partial(train_micro_batch, acc, run.model, run.optimizer, meter,
+                                  grad_clip=cfg.optim.grad_clip)
     steps_per_epoch = cfg.train.epoch_size // cfg.optim.grad_accum
     bar = tqdm(total=cfg.train.epoch_size, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                disable=not (acc.is_main_process and cfg.train.progress), leave=False, dynamic_ncols=True)
@@ -70,10 +74,10 @@ def run_epoch(run: Run) -> tuple[float, int]:
         tfr, beta = schedule_values(cfg.schedule, epoch, i // cfg.optim.grad_accum, steps_per_epoch, cfg.train.epochs)
         frames, cond = next(batches).to(acc.device)
         use_tf = teacher_forcing_on(cfg.train.seed, state.global_step, tfr)
-        for group in run.optimizer.param_groups:  # a pure function of the step: nothing to checkpoint
-            group["lr"] = learning_rate(cfg.optim, state.global_step, steps_per_epoch * cfg.train.epochs)
-        stepped = train_micro_batch(acc, run.model, run.optimizer, meter, frames, cond, use_tf, beta,
-                                    cfg.optim.grad_clip)
+        # the learning rate is a pure function of the step: nothing to checkpoint
+        lr = learning_rate(cfg.optim, state.global_step, steps_per_epoch * cfg.train.epochs)
+        set_learning_rate(run.optimizer, lr)
+        stepped = step(frames, cond, use_tf, beta)
         bar.update(1)
         state.step_in_epoch = i + 1
         state.schedule = {"tfr": tfr, "beta": beta}
@@ -108,7 +112,7 @@ def log_step(run: Run, values: dict, bar) -> None:
         record = {"kind": "step", "epoch": state.epoch, "step": state.global_step,
                   **{k: values[k] for k in ("loss", "mse", "kld", "grad_norm", "teacher_forced")},
                   "beta": state.schedule["beta"], "tfr": state.schedule["tfr"],
-                  "lr": run.optimizer.param_groups[0]["lr"]}
+                  "lr": float(run.optimizer.param_groups[0]["lr"])}
         run.log.write(record)
         run.accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")},
                             step=state.global_step)
@@ -135,7 +139,7 @@ def end_epoch(run: Run, seconds: float, batches: int) -> None:
     n = max(sums["batches"], 1)
     record = {"kind": "epoch", "epoch": state.epoch, "step": state.global_step, "loss": sums["loss"] / n,
               "mse": sums["mse"] / n, "kld": sums["kld"] / n, **state.schedule,
-              "lr": run.optimizer.param_groups[0]["lr"], "nonfinite": state.nonfinite}
+              "lr": float(run.optimizer.param_groups[0]["lr"]), "nonfinite": state.nonfinite}
     perf = {"kind": "perf", "epoch": state.epoch, "step": state.global_step,
             "seq_per_s": batches * cfg.data.batch_size * run.accelerator.num_processes / max(seconds, 1e-9),
             "rss_mb": resident_mb()}  # measurements: the only records that differ between identical runs

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import (AutocastKwargs, DistributedDataParallelKwargs, broadcast_object_list, gather_object,
+                               set_seed)
 
 from toolkit.config import Config, dump_yaml, to_dict
 from toolkit.data.shards.manifest import Manifest, read_manifest
@@ -24,10 +25,11 @@ from toolkit.errors import DataError, ToolkitError
 from toolkit.fsutil import atomic_write_text
 from toolkit.model import SVG
 from toolkit.train import checkpoint as ckpt
+from toolkit.train import graphs
 from toolkit.train.batchnorm import track_running_stats
 from toolkit.train.resume import continuation_warnings, resume_target
 from toolkit.train.runlog import RunLog
-from toolkit.train.step import make_optimizer
+from toolkit.train.step import Meter, make_optimizer
 from toolkit.train.stop import StopSignal
 from toolkit.train.wandb_run import init_wandb, new_run_id, resolve_wandb_mode, store_run_id, stored_run_id
 
@@ -48,6 +50,10 @@ class Run:
     state: ckpt.TrainState
     log: RunLog
     stop: StopSignal
+    meter: Meter
+    """The step's device-side sums (one for the whole run: a CUDA graph updates these very tensors)."""
+    graphed: graphs.GraphedStep | None = None
+    """The CUDA-graph step (`train.cuda_graphs`), or None: eager."""
     stopped: bool = False
     last_val: dict | None = field(default=None)
     """The last validation of this process (mean metrics and count)."""
@@ -96,24 +102,51 @@ def build_model(cfg: Config, args: dict) -> SVG:
     return model
 
 
-def setup(cfg: Config) -> Run:
-    """Check the data, build or restore the run; every rank returns the same state."""
-    wandb_mode = resolve_wandb_mode(cfg.wandb.mode)
+def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
+    """The run's Accelerator. DDP does not broadcast BatchNorm buffers at every forward (broadcast_buffers=False):
+    training does not read them, and they are re-estimated and averaged over the ranks before every validation
+    and checkpoint (batchnorm.py). For CUDA graphs, autocast keeps no weight-cast cache and NCCL's asynchronous
+    error handling is off before the process group is made, as PyTorch's DDP-with-graphs notes require."""
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
+    if cfg.train.cuda_graphs:
+        handlers.append(AutocastKwargs(cache_enabled=False))
+        if torch.cuda.is_available():
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
     mp = None if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
                       gradient_accumulation_steps=cfg.optim.grad_accum,
-                      log_with=None if wandb_mode == "disabled" else "wandb")
+                      log_with=None if wandb_mode == "disabled" else "wandb", kwargs_handlers=handlers)
     if acc.mixed_precision == "fp16" and acc.device.type == "cpu":
         warnings.warn("fp16 mixed precision needs a GPU; on CPU accelerate trains in float32 (use bf16 on CPU)")
+    return acc
+
+
+def prepare_training(cfg: Config, acc: Accelerator, model: SVG, graphed: bool):
+    """(model, optimizer) under Accelerate; with CUDA graphs a capturable Adam and DDP made on a side stream."""
+    optimizer = make_optimizer(model, cfg.optim.lr, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.weight_decay,
+                               acc.device, capturable=graphed)
+    if not graphed:
+        return acc.prepare(model, optimizer)
+    side = torch.cuda.Stream(acc.device)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        prepared = acc.prepare(model, optimizer)
+    torch.cuda.current_stream().wait_stream(side)
+    return prepared
+
+
+def setup(cfg: Config) -> Run:
+    """Check the data, build or restore the run; every rank returns the same state."""
+    wandb_mode = resolve_wandb_mode(cfg.wandb.mode)
+    acc = make_accelerator(cfg, wandb_mode)
+    no_graphs = graphs.unavailable(cfg, acc) if cfg.train.cuda_graphs else None
     manifest = agreed(acc, lambda: _read_and_check(cfg))
     fresh_id = broadcast_object_list([new_run_id()])[0]  # W&B's id of a new run, and `{run_id}` of its dir
     run_dir = Path(cfg.train.run_dir.replace("{run_id}", fresh_id))
     resume, skipped = agreed(acc, lambda: _find_resume(cfg.train.resume, run_dir), main_only=True)
     meta = {"config": to_dict(cfg), "model_args": model_args(cfg, manifest)}
-    model = build_model(cfg, meta["model_args"])
-    optimizer = make_optimizer(model, cfg.optim.lr, (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.weight_decay,
-                               acc.device)
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = prepare_training(cfg, acc, build_model(cfg, meta["model_args"]),
+                                        cfg.train.cuda_graphs and no_graphs is None)
     set_seed(cfg.train.seed, device_specific=True)  # distinct noise per rank; identical weights from above
     state = ckpt.TrainState()
     if resume is not None:
@@ -125,7 +158,13 @@ def setup(cfg: Config) -> Run:
                                f"train.epoch_size={cfg.train.epoch_size} with optim.grad_accum="
                                f"{cfg.optim.grad_accum}; resume with the values it was trained with")
     run = Run(cfg, acc, model, acc.unwrap_model(model), optimizer, manifest, run_dir, meta, state,
-              RunLog(run_dir, acc.is_main_process), StopSignal(acc.num_processes))
+              RunLog(run_dir, acc.is_main_process), StopSignal(acc.num_processes), Meter(acc.device, acc.num_processes))
+    if cfg.train.cuda_graphs and no_graphs is None:
+        d = cfg.data
+        run.graphed = graphs.GraphedStep(acc, model, optimizer, run.meter, cfg.optim.grad_clip,
+                                         (d.n_past + d.n_future - 1, d.batch_size, cfg.model.z_dim))
+    if no_graphs:
+        skipped.append(f"{no_graphs}; training eager")
     for message in skipped:
         if acc.is_main_process or "rank" in message:
             print(f"warning: {message}", file=sys.stderr, flush=True)

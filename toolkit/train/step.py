@@ -37,6 +37,10 @@ class Meter:
         self._one = torch.ones(1, dtype=torch.float64, device=device)
         self._teacher_forced = {tf: torch.tensor(float(tf), device=device) for tf in (False, True)}
 
+    def begin_epoch(self, epoch_sums: list[float] | None) -> None:
+        """Start an epoch's sums (from a mid-epoch checkpoint's, or zeros), in place."""
+        self.epoch.copy_(torch.tensor(epoch_sums or [0.0] * len(EPOCH_SUMS), dtype=torch.float64))
+
     def add(self, accelerator: Accelerator, out: dict[str, torch.Tensor], teacher_forcing: bool) -> torch.Tensor:
         """Record a micro-batch; returns the factor for its loss: 1, or NaN when some rank's loss is not finite."""
         loss = out["loss"].detach()
@@ -72,11 +76,22 @@ class Meter:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, betas: tuple[float, float], weight_decay: float,
-                   device: torch.device) -> torch.optim.Adam:
-    """Adam, fused on CUDA and CPU (one kernel for all parameters, and on-device step skipping), else foreach."""
+                   device: torch.device, capturable: bool = False) -> torch.optim.Adam:
+    """Adam, fused on CUDA and CPU (one kernel for all parameters, and on-device step skipping), else foreach;
+    `capturable` (a CUDA graph's step): a tensor learning rate, filled in place by `set_learning_rate`."""
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused,
-                            foreach=None if fused else True)
+    return torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if capturable else lr,
+                            betas=betas, weight_decay=weight_decay, fused=fused, foreach=None if fused else True,
+                            capturable=capturable)
+
+
+def set_learning_rate(optimizer, lr: float) -> None:
+    """Every param group's learning rate; a tensor one (a captured step reads it) is filled in place."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 @contextlib.contextmanager
