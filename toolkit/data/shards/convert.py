@@ -55,7 +55,7 @@ def _counted(stream: Iterator[tuple], bar: tqdm, unit: str) -> Iterator[tuple]:
     """(tag, units, Encoded) -> (tag, Encoded), advancing the bar; a bar in bytes also shows the sequence count."""
     for count, (tag, units, enc) in enumerate(stream, start=1):
         bar.update(units)
-        if unit == "B" and (count % 16 == 0 or count == 1):
+        if unit == "B":
             bar.set_postfix_str(f"{count} seq", refresh=False)
         yield tag, enc
 
