@@ -1,0 +1,90 @@
+"""`cvae shards convert` speed: BAIR-layout folders and BAIR's tar (TFRecords), 1 and 2 worker processes.
+
+    python benchmarks/convert_speed.py [--sequences 400] [--rounds 5] [--workdir /tmp/cvae-convert-bench]
+
+Generates N pushing-world sequences in the BAIR folder layout and, from the same sequences, BAIR's tarball layout
+(`softmotion30_44k/train/traj_*_to_*.tfrecords` of 256 records, each record a full BAIR-size tf.train.Example
+with both cameras, about 740 KB), once, reused from --workdir. Each round converts every variant once into a
+fresh directory (png encoding, 256 per shard, no progress bar), the variants alternating within the round; a
+warm-up round comes first (page cache, forkserver start) and the median over `--rounds` rounds is printed, with
+the rate per worker and the median of the per-round 2-worker/1-worker ratios. With 2 workers the main process
+still reads the input and writes the shards, so "2 workers" uses up to all of a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tarfile
+import time
+from pathlib import Path
+
+from toolkit.data.shards.convert import convert
+from toolkit.data.sources.folders import iter_folder_split
+from toolkit.data.sources.tfrecord import make_bair_example, write_tfrecord
+from toolkit.data.worlds.synth import generate_dataset
+
+
+def make_inputs(work: Path, n: int) -> tuple[Path, Path]:
+    """(folders root, tar path) holding the same N training sequences."""
+    folders, tar_path = work / f"folders-{n}", work / f"bair-{n}.tar"
+    if not folders.exists():
+        generate_dataset(folders, "pushing", {"train": n, "validate": 0, "test": 0}, seed=0, progress=False)
+    if not tar_path.exists():
+        tree = work / f"tfrecords-{n}" / "softmotion30_44k" / "train"
+        seqs = list(iter_folder_split(folders / "train"))
+        for start in range(0, n, 256):
+            write_tfrecord(tree / f"traj_{start}_to_{start + 255}.tfrecords",
+                           [make_bair_example(s.frames, s.cond[:, :4], s.cond[:, 4:]) for s in seqs[start:start + 256]])
+        with tarfile.open(tar_path.with_suffix(".tmp"), "w") as tar:
+            tar.add(tree.parent, arcname="softmotion30_44k")
+        tar_path.with_suffix(".tmp").rename(tar_path)
+        shutil.rmtree(work / f"tfrecords-{n}")
+    return folders, tar_path
+
+
+def rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> float:
+    """Sequences per second of one conversion (pool start included)."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    data = convert(src, out, fmt=fmt, progress=False, workers=workers)
+    seconds = time.perf_counter() - start
+    assert data["splits"]["train"]["count"] == n, data["splits"]
+    return n / seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sequences", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--workdir", default="/tmp/cvae-convert-bench")
+    args = p.parse_args()
+    work, n = Path(args.workdir), args.sequences
+    work.mkdir(parents=True, exist_ok=True)
+    folders, tar_path = make_inputs(work, n)
+    variants = {f"{name}, {w} worker{'s' * (w > 1)}": (src, fmt, w)
+                for name, src, fmt in (("folders", folders, "folders"), ("BAIR tar", tar_path, "tfrecord"))
+                for w in (1, 2)}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    ratios: dict[str, list[float]] = {name: [] for name in variants}  # vs 1 worker, within the same round
+    for r in range(args.rounds + 1):  # round 0 warms up and is not counted
+        measured = {name: rate(src, fmt, w, work / "out", n) for name, (src, fmt, w) in variants.items()}
+        if r:
+            for name, value in measured.items():
+                rates[name].append(value)
+                ratios[name].append(value / measured[name.replace("2 workers", "1 worker")])
+            print(f"round {r}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
+                  flush=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\n{n} sequences (pushing world, 30 frames of 64x64), png, median of {args.rounds} rounds after a warm-up, "
+          f"cpu_count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'source, workers':24s} {'seq/s':>8s} {'per worker':>11s} {'vs 1 worker':>12s}")
+    for name, value in median.items():
+        print(f"{name:24s} {value:8.1f} {value / variants[name][2]:11.1f} {statistics.median(ratios[name]):11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
