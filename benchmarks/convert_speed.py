@@ -6,29 +6,34 @@ Generates N pushing-world sequences in the BAIR folder layout and, from the same
 (`softmotion30_44k/train/traj_*_to_*.tfrecords` of 256 records, each record a full BAIR-size tf.train.Example
 with both cameras, about 740 KB), once, reused from --workdir. Each round converts every variant once into a
 fresh directory (png encoding, 256 per shard, no progress bar), the variants alternating within the round; a
-warm-up round comes first (page cache, forkserver start) and the median over `--rounds` rounds is printed, with
-the rate per worker and the median of the per-round 2-worker/1-worker ratios. With 2 workers the main process
-still reads the input and writes the shards, so "2 workers" uses up to all of a 2-core machine.
+warm-up round comes first (page cache, forkserver start) and the median over `--rounds` rounds is printed: wall
+rate, the median of the per-round 2-worker/1-worker ratios, and the CPU time per sequence over all processes
+(main and workers), whose inverse is the rate per core whatever else runs on the machine. With 2 workers the
+main process still reads the input and writes the shards, so "2 workers" uses up to all of a 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing.forkserver
 import os
+import resource
 import shutil
 import statistics
 import tarfile
 import time
 from pathlib import Path
 
-from toolkit.data.shards.convert import convert
-from toolkit.data.sources.folders import iter_folder_split
-from toolkit.data.sources.tfrecord import make_bair_example, write_tfrecord
-from toolkit.data.worlds.synth import generate_dataset
+# Workers start from a forkserver and import this __main__ module again (CPython 3.11's forkserver does not preload
+# it), so the toolkit is imported inside the functions: as with `python -m toolkit`, a worker starts light.
 
 
 def make_inputs(work: Path, n: int) -> tuple[Path, Path]:
     """(folders root, tar path) holding the same N training sequences."""
+    from toolkit.data.sources.folders import iter_folder_split
+    from toolkit.data.sources.tfrecord import make_bair_example, write_tfrecord
+    from toolkit.data.worlds.synth import generate_dataset
+
     folders, tar_path = work / f"folders-{n}", work / f"bair-{n}.tar"
     if not folders.exists():
         generate_dataset(folders, "pushing", {"train": n, "validate": 0, "test": 0}, seed=0, progress=False)
@@ -45,14 +50,29 @@ def make_inputs(work: Path, n: int) -> tuple[Path, Path]:
     return folders, tar_path
 
 
-def rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> float:
-    """Sequences per second of one conversion (pool start included)."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of every worker it has had: workers are children of multiprocessing's
+    forkserver, which reaps them, so theirs is in the forkserver's cutime + cstime (/proc/PID/stat)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return total
+
+
+def rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, float]:
+    """(sequences per second of wall time, CPU ms per sequence over all processes) of one conversion, the pool's
+    start included."""
+    from toolkit.data.shards.convert import convert
+
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     data = convert(src, out, fmt=fmt, progress=False, workers=workers)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     assert data["splits"]["train"]["count"] == n, data["splits"]
-    return n / seconds
+    return n / seconds, 1000 * cpu / n
 
 
 def main() -> None:
@@ -68,22 +88,27 @@ def main() -> None:
                 for name, src, fmt in (("folders", folders, "folders"), ("BAIR tar", tar_path, "tfrecord"))
                 for w in (1, 2)}
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}  # vs 1 worker, within the same round
+    loads = []
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
         measured = {name: rate(src, fmt, w, work / "out", n) for name, (src, fmt, w) in variants.items()}
         if r:
-            for name, value in measured.items():
+            loads.append(os.getloadavg()[0])
+            for name, (value, ms) in measured.items():
                 rates[name].append(value)
-                ratios[name].append(value / measured[name.replace("2 workers", "1 worker")])
+                cpu[name].append(ms)
+                ratios[name].append(value / measured[name.replace("2 workers", "1 worker")][0])
             print(f"round {r}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
                   flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
-    median = {k: statistics.median(v) for k, v in rates.items()}
     print(f"\n{n} sequences (pushing world, 30 frames of 64x64), png, median of {args.rounds} rounds after a warm-up, "
-          f"cpu_count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'source, workers':24s} {'seq/s':>8s} {'per worker':>11s} {'vs 1 worker':>12s}")
-    for name, value in median.items():
-        print(f"{name:24s} {value:8.1f} {value / variants[name][2]:11.1f} {statistics.median(ratios[name]):11.2f}x")
+          f"cpu_count {os.cpu_count()}, load average during the rounds {min(loads):.1f}..{max(loads):.1f}")
+    print(f"{'source, workers':22s} {'seq/s':>7s} {'vs 1 worker':>12s} {'CPU ms/seq':>11s} {'seq/s per core':>15s}")
+    for name in variants:
+        ms = statistics.median(cpu[name])
+        print(f"{name:22s} {statistics.median(rates[name]):7.1f} {statistics.median(ratios[name]):11.2f}x "
+              f"{ms:11.2f} {1000 / ms:15.1f}")
 
 
 if __name__ == "__main__":

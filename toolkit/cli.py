@@ -105,9 +105,7 @@ CONVERT_HELP = """sources (--format):
             --stride frames of each episode, resized to 64x64, cond = the --action-key and --state-key features
 
 examples:
-  cvae shards convert shards/pushing-folders shards/pushing
   cvae shards convert bair_robot_pushing_dataset_v0.tar shards/bair --format tfrecord --val-from-train 256 --workers 2
-  curl -s URL | cvae shards convert - shards/bair --format tfrecord --val-from-train 256
   cvae shards convert ~/lerobot/pusht shards/pusht --format lerobot --camera observation.image --seq-len 30"""
 
 
@@ -134,11 +132,9 @@ def _add_convert(sh) -> None:
     lr = c.add_argument_group("--format lerobot")
     lr.add_argument("--camera", help="video feature that becomes the frames (default: the first one)")
     lr.add_argument("--action-key", help="feature that becomes the first part of cond (default: action; '' none)")
-    lr.add_argument("--state-key", help="feature that becomes the second part of cond (default: observation.state; "
-                                        "'' none)")
+    lr.add_argument("--state-key", help="feature that becomes the rest of cond (default: observation.state; '' none)")
     lr.add_argument("--seq-len", type=int, help="frames per sequence (default 30)")
-    lr.add_argument("--stride", type=int, help="frames between the starts of an episode's sequences "
-                                               "(default: --seq-len)")
+    lr.add_argument("--stride", type=int, help="frames between an episode's sequence starts (default: --seq-len)")
     lr.add_argument("--resize", choices=RESIZE, help="crop: centre square, resized (default); stretch: whole frame")
     c.set_defaults(func=_shards_convert)
 

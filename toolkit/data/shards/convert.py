@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -31,8 +32,9 @@ from toolkit.data.sources.lerobot import LeRobotOptions
 from toolkit.errors import DataError, ToolkitError
 from toolkit.fsutil import atomic_dir
 
-SPILL_DIR = ".members"
-"""Inside the temporary output directory: a tar's members before they are put in order (`reorder.py`)."""
+SPILL_DIR, HANDOFF_DIR = ".members", ".handoff"
+"""Inside the temporary output directory: a tar's members before they are put in order (`reorder.py`), and
+records on their way to a worker (`pipeline.Handoff`)."""
 
 
 def _check_arguments(src: str, out: Path, fmt: str, maxcount: int, encoding: str, overwrite: bool,
@@ -63,15 +65,16 @@ def _counted(stream: Iterator[tuple], bar: tqdm, unit: str) -> Iterator[tuple]:
 def _ordered_splits(source: Source, encoding: str, pool, workers: int, bars: list[tqdm], tmp: Path) -> dict:
     """Split -> iterator of Encoded in source order; a stream (a tar) is read whole first and put in order, with
     a second progress bar (appended to `bars`) for writing its shards."""
-    bar = bars[0]
+    bar, scratch = bars[0], tmp / HANDOFF_DIR
+    scratch.mkdir()
     if source.stream is None:
         def split_stream(split: str) -> Iterator[Encoded]:
             items = ((None, job, units) for job, units in source.splits[split]())
-            return (enc for _, enc in _counted(encode_all(items, encoding, pool, workers), bar, source.unit))
+            return (enc for _, enc in _counted(encode_all(items, encoding, pool, workers, scratch), bar, source.unit))
         return {split: split_stream(split) for split in source.splits}
     spill = MemberSpill(tmp / SPILL_DIR)
     items = (((split, member), job, units) for split, member, job, units in source.stream())
-    for (split, member), enc in _counted(encode_all(items, encoding, pool, workers), bar, source.unit):
+    for (split, member), enc in _counted(encode_all(items, encoding, pool, workers, scratch), bar, source.unit):
         spill.add(split, member, enc)
     if bar.total:
         bar.update(bar.total - bar.n)  # the tar's own headers and padding
@@ -114,8 +117,8 @@ def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: in
             splits[split], held = write_split(tmp, split, samples, maxcount, shape, hold_back, where)
             if held:
                 splits["validate"] = write_held(tmp, held, maxcount)
-        if (tmp / SPILL_DIR).exists():
-            (tmp / SPILL_DIR).rmdir()
+        for name in (SPILL_DIR, HANDOFF_DIR):
+            shutil.rmtree(tmp / name, ignore_errors=True)
         data = _manifest(src, fmt, val_from_train, encoding, shape, splits, source)
         (tmp / manifest.MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
     if progress:
