@@ -111,6 +111,8 @@ def test_workers_give_the_shards_of_one_worker(tmp_path):
         one = convert(src, tmp_path / f"{fmt}-{src.name}-1", fmt=fmt, maxcount=2, progress=False)
         two = convert(src, tmp_path / f"{fmt}-{src.name}-2", fmt=fmt, maxcount=2, progress=False, workers=2)
         assert one == two and sum(e["count"] for e in one["splits"].values()) == count
+        listing = [sorted(p.name for p in (tmp_path / f"{fmt}-{src.name}-{n}").iterdir()) for n in (1, 2)]
+        assert listing[0] == listing[1] and all(name.endswith((".tar", ".json")) for name in listing[1])
         for split in one["splits"].values():
             for shard in split["shards"]:
                 assert (tmp_path / f"{fmt}-{src.name}-1" / shard["name"]).read_bytes() == \
