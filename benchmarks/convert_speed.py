@@ -8,8 +8,11 @@ with both cameras, about 740 KB), once, reused from --workdir. Each round conver
 fresh directory (png encoding, 256 per shard, no progress bar), the variants alternating within the round; a
 warm-up round comes first (page cache, forkserver start) and the median over `--rounds` rounds is printed: wall
 rate, the median of the per-round 2-worker/1-worker ratios, and the CPU time per sequence over all processes
-(main and workers), whose inverse is the rate per core whatever else runs on the machine. With 2 workers the
-main process still reads the input and writes the shards, so "2 workers" uses up to all of a 2-core machine.
+(main and workers), whose inverse is the rate per core. "2 x 1 at once" runs two independent one-worker
+conversions of the tar at the same time: what two busy processes get from the machine as it is (Linux groups
+CPU time by session, so on a shared machine a session may get one core however many processes it runs). With
+2 workers the main process still reads the input and writes the shards, so "2 workers" uses up to all of a 2-core
+machine.
 """
 
 from __future__ import annotations
@@ -75,6 +78,32 @@ def rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, f
     return n / seconds, 1000 * cpu / n
 
 
+def _convert_quietly(src: Path, out: Path, fmt: str) -> None:
+    from toolkit.data.shards.convert import convert
+
+    convert(src, out, fmt=fmt, progress=False)
+
+
+def pair_rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, float]:
+    """As `rate`, for two independent one-worker conversions run at the same time in two processes (what the
+    machine gives two busy processes, whatever the toolkit does); `workers` is 2, the processes."""
+    context = multiprocessing.get_context("forkserver")
+    outs = [out.with_name(f"{out.name}-{i}") for i in range(workers)]
+    for o in outs:
+        shutil.rmtree(o, ignore_errors=True)
+    cpu, start = cpu_seconds(), time.perf_counter()
+    procs = [context.Process(target=_convert_quietly, args=(src, o, fmt)) for o in outs]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    assert all(proc.exitcode == 0 for proc in procs) and all((o / "manifest.json").is_file() for o in outs)
+    for o in outs:
+        shutil.rmtree(o)
+    return workers * n / seconds, 1000 * cpu / (workers * n)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sequences", type=int, default=400)
@@ -84,30 +113,32 @@ def main() -> None:
     work, n = Path(args.workdir), args.sequences
     work.mkdir(parents=True, exist_ok=True)
     folders, tar_path = make_inputs(work, n)
-    variants = {f"{name}, {w} worker{'s' * (w > 1)}": (src, fmt, w)
+    variants = {f"{name}, {w} worker{'s' * (w > 1)}": (src, fmt, w, rate)
                 for name, src, fmt in (("folders", folders, "folders"), ("BAIR tar", tar_path, "tfrecord"))
                 for w in (1, 2)}
+    variants["BAIR tar, 2 x 1 at once"] = (tar_path, "tfrecord", 2, pair_rate)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}  # vs 1 worker, within the same round
     loads = []
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
-        measured = {name: rate(src, fmt, w, work / "out", n) for name, (src, fmt, w) in variants.items()}
+        measured = {name: run(src, fmt, w, work / "out", n) for name, (src, fmt, w, run) in variants.items()}
         if r:
             loads.append(os.getloadavg()[0])
             for name, (value, ms) in measured.items():
                 rates[name].append(value)
                 cpu[name].append(ms)
-                ratios[name].append(value / measured[name.replace("2 workers", "1 worker")][0])
+                one = name.replace("2 workers", "1 worker").replace("2 x 1 at once", "1 worker")
+                ratios[name].append(value / measured[one][0])
             print(f"round {r}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
                   flush=True)
     shutil.rmtree(work / "out", ignore_errors=True)
     print(f"\n{n} sequences (pushing world, 30 frames of 64x64), png, median of {args.rounds} rounds after a warm-up, "
           f"cpu_count {os.cpu_count()}, load average during the rounds {min(loads):.1f}..{max(loads):.1f}")
-    print(f"{'source, workers':22s} {'seq/s':>7s} {'vs 1 worker':>12s} {'CPU ms/seq':>11s} {'seq/s per core':>15s}")
+    print(f"{'source, workers':24s} {'seq/s':>7s} {'vs 1 worker':>12s} {'CPU ms/seq':>11s} {'seq/s per core':>15s}")
     for name in variants:
         ms = statistics.median(cpu[name])
-        print(f"{name:22s} {statistics.median(rates[name]):7.1f} {statistics.median(ratios[name]):11.2f}x "
+        print(f"{name:24s} {statistics.median(rates[name]):7.1f} {statistics.median(ratios[name]):11.2f}x "
               f"{ms:11.2f} {1000 / ms:15.1f}")
 
 
