@@ -7,12 +7,11 @@ Generates N pushing-world sequences in the BAIR folder layout and, from the same
 with both cameras, about 740 KB), once, reused from --workdir. Each round converts every variant once into a
 fresh directory (png encoding, 256 per shard, no progress bar), the variants alternating within the round; a
 warm-up round comes first (page cache, forkserver start) and the median over `--rounds` rounds is printed: wall
-rate, the median of the per-round 2-worker/1-worker ratios, and the CPU time per sequence over all processes
-(main and workers), whose inverse is the rate per core. "2 x 1 at once" runs two independent one-worker
+rate, the median of the per-round 2-worker/1-worker ratios, the CPU time per sequence over all processes (main
+and workers; its inverse is the rate per core) and of the main process alone (reading the input, handing out
+jobs, writing the shards: what does not run in the workers). "2 x 1 at once" runs two independent one-worker
 conversions of the tar at the same time: what two busy processes get from the machine as it is (Linux groups
-CPU time by session, so on a shared machine a session may get one core however many processes it runs). With
-2 workers the main process still reads the input and writes the shards, so "2 workers" uses up to all of a 2-core
-machine.
+CPU time by session, so on a shared machine a session may get one core however many processes it runs).
 """
 
 from __future__ import annotations
@@ -65,17 +64,22 @@ def cpu_seconds() -> float:
     return total
 
 
-def rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, float]:
-    """(sequences per second of wall time, CPU ms per sequence over all processes) of one conversion, the pool's
-    start included."""
+def main_cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, float, float]:
+    """(sequences per second of wall time, CPU ms per sequence over all processes, of the main process alone) of
+    one conversion, the pool's start included."""
     from toolkit.data.shards.convert import convert
 
     shutil.rmtree(out, ignore_errors=True)
-    cpu, start = cpu_seconds(), time.perf_counter()
+    cpu, main_cpu, start = cpu_seconds(), main_cpu_seconds(), time.perf_counter()
     data = convert(src, out, fmt=fmt, progress=False, workers=workers)
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    seconds, cpu, main_cpu = time.perf_counter() - start, cpu_seconds() - cpu, main_cpu_seconds() - main_cpu
     assert data["splits"]["train"]["count"] == n, data["splits"]
-    return n / seconds, 1000 * cpu / n
+    return n / seconds, 1000 * cpu / n, 1000 * main_cpu / n
 
 
 def _convert_quietly(src: Path, out: Path, fmt: str) -> None:
@@ -84,7 +88,7 @@ def _convert_quietly(src: Path, out: Path, fmt: str) -> None:
     convert(src, out, fmt=fmt, progress=False)
 
 
-def pair_rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, float]:
+def pair_rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[float, float, float]:
     """As `rate`, for two independent one-worker conversions run at the same time in two processes (what the
     machine gives two busy processes, whatever the toolkit does); `workers` is 2, the processes."""
     context = multiprocessing.get_context("forkserver")
@@ -101,7 +105,7 @@ def pair_rate(src: Path, fmt: str, workers: int, out: Path, n: int) -> tuple[flo
     assert all(proc.exitcode == 0 for proc in procs) and all((o / "manifest.json").is_file() for o in outs)
     for o in outs:
         shutil.rmtree(o)
-    return workers * n / seconds, 1000 * cpu / (workers * n)
+    return workers * n / seconds, 1000 * cpu / (workers * n), float("nan")
 
 
 def main() -> None:
@@ -119,15 +123,17 @@ def main() -> None:
     variants["BAIR tar, 2 x 1 at once"] = (tar_path, "tfrecord", 2, pair_rate)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
+    main_cpu: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}  # vs 1 worker, within the same round
     loads = []
     for r in range(args.rounds + 1):  # round 0 warms up and is not counted
         measured = {name: run(src, fmt, w, work / "out", n) for name, (src, fmt, w, run) in variants.items()}
         if r:
             loads.append(os.getloadavg()[0])
-            for name, (value, ms) in measured.items():
+            for name, (value, ms, main_ms) in measured.items():
                 rates[name].append(value)
                 cpu[name].append(ms)
+                main_cpu[name].append(main_ms)
                 one = name.replace("2 workers", "1 worker").replace("2 x 1 at once", "1 worker")
                 ratios[name].append(value / measured[one][0])
             print(f"round {r}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
@@ -135,11 +141,12 @@ def main() -> None:
     shutil.rmtree(work / "out", ignore_errors=True)
     print(f"\n{n} sequences (pushing world, 30 frames of 64x64), png, median of {args.rounds} rounds after a warm-up, "
           f"cpu_count {os.cpu_count()}, load average during the rounds {min(loads):.1f}..{max(loads):.1f}")
-    print(f"{'source, workers':24s} {'seq/s':>7s} {'vs 1 worker':>12s} {'CPU ms/seq':>11s} {'seq/s per core':>15s}")
+    print(f"{'source, workers':24s} {'seq/s':>7s} {'vs 1 worker':>12s} {'CPU ms/seq':>11s} {'seq/s per core':>15s} "
+          f"{'main CPU ms/seq':>16s}")
     for name in variants:
         ms = statistics.median(cpu[name])
         print(f"{name:24s} {statistics.median(rates[name]):7.1f} {statistics.median(ratios[name]):11.2f}x "
-              f"{ms:11.2f} {1000 / ms:15.1f}")
+              f"{ms:11.2f} {1000 / ms:15.1f} {statistics.median(main_cpu[name]):16.2f}")
 
 
 if __name__ == "__main__":
