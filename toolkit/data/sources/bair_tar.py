@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from toolkit.data.sequence import IMAGE_SIZE, SEQ_LEN, safe_key
-from toolkit.data.sources.tfrecord import FRAMING, decode_record, read_records
+from toolkit.data.sources.tfrecord import decode_record, read_records
 from toolkit.errors import DataError
 
 SUFFIXES = (".tfrecord", ".tfrecords")
@@ -50,6 +50,23 @@ class _StrictTarInfo(tarfile.TarInfo):
                                  f"(truncated)") from None
         except tarfile.HeaderError as e:
             raise _HeaderProblem(f"corrupt tar header at byte {offset} ({e})") from None
+
+
+class _Counting:
+    """A read-only stream that counts the bytes read from it (the progress of a compressed tar is in these)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.count, self.reported = stream, 0, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+    def news(self) -> int:
+        """Bytes read since the last call."""
+        news, self.reported = self.count - self.reported, self.count
+        return news
 
 
 def is_stream(location: str) -> bool:
@@ -85,13 +102,14 @@ def member_split(name: str) -> tuple[str, str] | None:
 
 
 def tar_jobs(stream: BinaryIO, tar_name: str, seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE) -> Iterator[tuple]:
-    """(split, member name, job, bytes read) per record of every TFRecord member of the tar read from `stream`
-    (`open_location`; closed at the end), in the tar's order. Calling a job decodes its record into a Sequence keyed
-    `safe_key(file_stem, record_index)` with source `{tar_name}:{member}#{record}`, as converting the extracted
-    folder gives (but for the path)."""
+    """(split, member name, job, bytes of `stream` read since the last job) per record of every TFRecord member of
+    the tar read from `stream` (`open_location`; closed at the end), in the tar's order. Calling a job decodes its
+    record into a Sequence keyed `safe_key(file_stem, record_index)` with source `{tar_name}:{member}#{record}`,
+    as converting the extracted folder gives (but for the path)."""
     with stream:
+        counting = _Counting(stream)
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo)
+            tar = tarfile.open(fileobj=counting, mode="r|*", tarinfo=_StrictTarInfo)
         except (_HeaderProblem, *_READ_ERRORS) as e:
             raise DataError(f"{tar_name}: not a readable tar archive ({e})") from None
         roots: dict[str, str] = {}
@@ -109,7 +127,8 @@ def tar_jobs(stream: BinaryIO, tar_name: str, seq_len: int = SEQ_LEN, image_size
                 first = next(n for n, r in roots.items() if r != root)
                 raise DataError(f"{tar_name}: TFRecords under two roots ({first} and {member.name}); convert "
                                 f"one folder at a time")
-            yield from _member_jobs(tar, member, f"{tar_name}:{member.name}", split, seq_len, image_size)
+            for job in _member_jobs(tar, member, f"{tar_name}:{member.name}", split, seq_len, image_size):
+                yield *job, counting.news()
         if not roots:
             raise DataError(f"{tar_name}: no TFRecord members (expected e.g. "
                             f"softmotion30_44k/train/traj_0_to_255.tfrecords)")
@@ -134,7 +153,7 @@ def _member_jobs(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, split
     try:
         for index, _, data in read_records(f, name, member.size):
             yield split, member.name, partial(decode_record, data, safe_key(stem, index), name, index, seq_len,
-                                              image_size), FRAMING + len(data)
+                                              image_size)
             index += 1
     except _READ_ERRORS as e:
         raise DataError(f"{name} record {index}: the tar ends inside this member (truncated; {e})") from None
