@@ -16,7 +16,8 @@ from toolkit.data.shards.manifest import read_manifest
 from toolkit.data.shards.convert import convert
 from toolkit.errors import DataError
 
-from conftest import png_offset, write_bair_folders
+from conftest import png_offset, run_toolkit, tiny_recipe, write_bair_folders
+from toolkit.train.runlog import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,21 @@ def test_loader_reads_pipe_urls(shards):
     piped = _keys_and_frames(eval_loader(template, "validate", 3, 12, num_workers=0))
     local = _keys_and_frames(eval_loader(location, "validate", 3, 12, num_workers=0))
     assert sorted(piped) == sorted(local) and all(torch.equal(piped[k], local[k]) for k in local)
+    assert read_manifest(template).data == read_manifest(location).data  # the manifest comes through the pipe too
+    with pytest.raises(DataError) as e:
+        read_manifest(f"pipe:cat {location}/nowhere/{{name}}")
+    assert str(e.value) == (f"pipe:cat {location}/nowhere/manifest.json: cannot read the shard manifest (the command "
+                            f"exited with status 1: cat: {location}/nowhere/manifest.json: No such file or directory)")
+
+
+def test_training_streams_pipe_shards_manifest_included(tmp_path, pushing_shards):
+    """The README's object-storage recipe with `cat` standing in for `aws s3 cp ... -` / `gsutil cat`."""
+    recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run", train={"epochs": 1, "epoch_size": 2})
+    proc = run_toolkit("train", str(recipe), f"--data.shards=pipe:cat {pushing_shards}/{{name}}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = read_metrics(tmp_path / "run", "final")[-1]
+    assert final["step"] == 2 and read_metrics(tmp_path / "run", "val")[-1]["count"] == 4
+    assert "pipe:cat" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

@@ -20,11 +20,18 @@ def _synth(args: argparse.Namespace) -> None:
                      progress=not args.quiet)
 
 
+LEROBOT_OPTIONS = ("camera", "action_key", "state_key", "seq_len", "stride", "resize")
+
+
 def _shards_convert(args: argparse.Namespace) -> None:
     from toolkit.data.shards.convert import convert
+    from toolkit.data.sources.lerobot import LeRobotOptions
 
+    given = {k: getattr(args, k) for k in LEROBOT_OPTIONS if getattr(args, k) is not None}
+    lerobot = LeRobotOptions(**given) if given or args.format == "lerobot" else None
     convert(args.src, args.out, fmt=args.format, maxcount=args.maxcount, encoding=args.encoding,
-            overwrite=args.overwrite, progress=not args.quiet, val_from_train=args.val_from_train)
+            overwrite=args.overwrite, progress=not args.quiet, val_from_train=args.val_from_train,
+            workers=args.workers, lerobot=lerobot)
 
 
 def _shards_verify(args: argparse.Namespace) -> None:
@@ -88,23 +95,54 @@ def _add_synth(sub) -> None:
     s.set_defaults(func=_synth)
 
 
-def _add_shards(sub) -> None:
-    sh = sub.add_parser("shards", help="WebDataset shards: convert sources, verify shards").add_subparsers(
-        dest="shards_command", required=True)
-    c = sh.add_parser("convert", help="pack BAIR folders or TFRecords into WebDataset tar shards + manifest")
-    c.add_argument("src", help="source root: processed_data folders ({split}/traj_*/{k}/) or TFRecords "
-                               "({split}/*.tfrecords)")
+CONVERT_HELP = """sources (--format):
+  folders   BAIR processed_data folders: SRC/{split}/traj_*/{k}/{0..29}.png + actions.csv, endeffector_positions.csv
+  tfrecord  the original BAIR TFRecords: a folder SRC/{split}/*.tfrecords, or BAIR's tar itself, read as a stream
+            without extracting it: a file (bair_robot_pushing_dataset_v0.tar), an http(s) URL or - for stdin;
+            the shards are those of the extracted folder
+  lerobot   a LeRobot v3 dataset directory (meta/info.json, data/ parquet, videos/ mp4; needs the 'lerobot'
+            extra: pip install 'cvae-video[lerobot]'): sequences of --seq-len frames of one camera every
+            --stride frames of each episode, resized to 64x64, cond = the --action-key and --state-key features
+
+examples:
+  cvae shards convert bair_robot_pushing_dataset_v0.tar shards/bair --format tfrecord --val-from-train 256 --workers 2
+  cvae shards convert ~/lerobot/pusht shards/pusht --format lerobot --camera observation.image --seq-len 30"""
+
+
+def _add_convert(sh) -> None:
+    from toolkit.data.shards.inputs import FORMATS
+    from toolkit.data.sources.lerobot_meta import RESIZE
+
+    c = sh.add_parser("convert", help="pack BAIR folders, TFRecords (or BAIR's tar) or a LeRobot dataset into "
+                                      "WebDataset tar shards + manifest", epilog=CONVERT_HELP,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("src", help="source: a folder, BAIR's tar (file, http(s) URL or -) or a LeRobot dataset")
     c.add_argument("out", help="output directory for {split}-NNNNNN.tar and manifest.json")
-    c.add_argument("--format", choices=["folders", "tfrecord"], default="folders", help="source format")
+    c.add_argument("--format", choices=FORMATS, default="folders", help="source format (default: folders)")
     c.add_argument("--maxcount", type=int, default=256, help="sequences per shard")
     c.add_argument("--encoding", choices=["png", "npy"], default="png",
                    help="png: one lossless PNG strip of all frames per sequence (default); npy: raw uint8 array")
     c.add_argument("--val-from-train", type=int, default=0, metavar="N",
                    help="write the last N training sequences (in source order) as a 'validate' split instead, "
                         "for sources without one (the BAIR TFRecords have train and test only)")
+    c.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes that decode and encode sequences (default 1); any N gives the same shards")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    lr = c.add_argument_group("--format lerobot")
+    lr.add_argument("--camera", help="video feature that becomes the frames (default: the first one)")
+    lr.add_argument("--action-key", help="feature that becomes the first part of cond (default: action; '' none)")
+    lr.add_argument("--state-key", help="feature that becomes the rest of cond (default: observation.state; '' none)")
+    lr.add_argument("--seq-len", type=int, help="frames per sequence (default 30)")
+    lr.add_argument("--stride", type=int, help="frames between an episode's sequence starts (default: --seq-len)")
+    lr.add_argument("--resize", choices=RESIZE, help="crop: centre square, resized (default); stretch: whole frame")
     c.set_defaults(func=_shards_convert)
+
+
+def _add_shards(sub) -> None:
+    sh = sub.add_parser("shards", help="WebDataset shards: convert sources, verify shards").add_subparsers(
+        dest="shards_command", required=True)
+    _add_convert(sh)
     v = sh.add_parser("verify", help="re-read every shard and check it against the manifest")
     v.add_argument("out", help="shard directory (with manifest.json)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")

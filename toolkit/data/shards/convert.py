@@ -1,140 +1,125 @@
-"""`cvae shards convert|verify`: pack source sequences into WebDataset tar shards, and check them.
+"""`cvae shards convert`: pack source sequences into WebDataset tar shards plus a manifest.
 
 Output: `OUT/{split}-NNNNNN.tar` (at most `maxcount` sequences each) and `OUT/manifest.json` (splits, shard
 names, sequence counts, frame shape, cond dims, encoding, sizes and sha256 checksums). Everything is built in
 a temporary sibling directory and renamed onto OUT at the end, so a bad input or a kill leaves no partial
-shards or manifest. Shards are reproducible: the same sources give byte-identical tars (fixed mtime).
+shards or manifest. Shards are reproducible: the same sources give byte-identical tars (fixed mtime), with any
+number of workers, and BAIR's tar gives the shards of its extracted folder.
+
+Sources (`inputs.FORMATS`): BAIR processed_data folders, the original TFRecords (a folder, or BAIR's tar read
+as a stream from a file, an http(s) URL or stdin) and LeRobot v3 datasets. `workers` N > 1 reads and encodes
+the sequences in N processes (`pipeline.py`).
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import json
+import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from tqdm import tqdm
-from webdataset import TarWriter
 
 from toolkit import __version__
+from toolkit.data.sequence import COND_FIELDS
 from toolkit.data.shards import codec, manifest
-from toolkit.data.sources import folders, tfrecord
-from toolkit.data.sequence import COND_FIELDS, Sequence
+from toolkit.data.shards.inputs import FORMATS, Source, open_source
+from toolkit.data.shards.pipeline import Encoded, encode_all, worker_pool
+from toolkit.data.shards.reorder import MemberSpill
+from toolkit.data.shards.writer import write_held, write_split
+from toolkit.data.sources.lerobot import LeRobotOptions
 from toolkit.errors import DataError, ToolkitError
-from toolkit.fsutil import atomic_dir, file_sha256
+from toolkit.fsutil import atomic_dir
 
-FORMATS = ("folders", "tfrecord")
-
-
-def _source_splits(src: Path, fmt: str) -> dict[str, Callable[[], Iterator[Sequence]]]:
-    """Split name -> function iterating its sequences, for the folder layout or TFRecord directories."""
-    if fmt == "folders":
-        return {s: (lambda s=s: folders.iter_folder_split(src / s)) for s in folders.find_splits(src)}
-    splits = [s for s in folders.find_splits(src) if any((src / s).glob("*.tfrecord*"))]
-    if not splits:
-        raise DataError(f"{src}: no split folder with *.tfrecord(s) files (expected e.g. "
-                        f"{src}/train/traj_0_to_255.tfrecords)")
-    return {s: (lambda s=s: tfrecord.iter_tfrecord_split(src / s)) for s in splits}
+SPILL_DIR, HANDOFF_DIR = ".members", ".handoff"
+"""Inside the temporary output directory: a tar's members before they are put in order (`reorder.py`), and
+records on their way to a worker (`pipeline.Handoff`)."""
 
 
-class _SplitWriter:
-    """Writes one split's samples into numbered shards of at most `maxcount` sequences."""
-
-    def __init__(self, out: Path, split: str, maxcount: int):
-        self.out, self.split, self.maxcount = out, split, maxcount
-        self.shards: list[dict] = []
-        self.writer: TarWriter | None = None
-        self.stream = None
-
-    def write(self, sample: dict) -> None:
-        if self.writer is None or self.shards[-1]["count"] == self.maxcount:
-            self.close()
-            name = f"{self.split}-{len(self.shards):06d}.tar"
-            self.stream = open(self.out / name, "wb")
-            # mtime 0 (an int: a float adds a PAX header per member) makes shards reproducible
-            self.writer = TarWriter(self.stream, encoder=False, mtime=0, user="cvae", group="cvae")
-            self.shards.append({"name": name, "count": 0})
-        self.writer.write(sample)
-        self.shards[-1]["count"] += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.stream.close()
-            path = self.out / self.shards[-1]["name"]
-            self.shards[-1].update(bytes=path.stat().st_size, sha256=file_sha256(path))
-            self.writer = None
-
-
-def _check_arguments(src: Path, out: Path, fmt: str, maxcount: int, encoding: str, overwrite: bool,
-                     val_from_train: int) -> None:
+def _check_arguments(src: str, out: Path, fmt: str, maxcount: int, encoding: str, overwrite: bool,
+                     val_from_train: int, workers: int, lerobot: LeRobotOptions | None) -> None:
     if fmt not in FORMATS:
         raise ToolkitError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if encoding not in codec.ENCODINGS:
         raise ToolkitError(f"--encoding must be one of {', '.join(codec.ENCODINGS)}, got {encoding!r}")
-    if maxcount < 1 or val_from_train < 0:
-        raise ToolkitError(f"--maxcount must be >= 1 and --val-from-train >= 0, got {maxcount} and {val_from_train}")
-    if not src.is_dir():
-        raise DataError(f"{src}: source directory not found")
+    if maxcount < 1 or val_from_train < 0 or workers < 1:
+        raise ToolkitError(f"--maxcount and --workers must be >= 1 and --val-from-train >= 0, got {maxcount}, "
+                           f"{workers} and {val_from_train}")
+    if lerobot is not None and fmt != "lerobot":
+        raise ToolkitError(f"--camera, --action-key, --state-key, --seq-len, --stride and --resize are options of "
+                           f"--format lerobot, not of {fmt}")
     if out.exists() and not overwrite:
         raise ToolkitError(f"{out} exists; pass --overwrite to replace it")
 
 
-def _write_split(tmp: Path, split: str, sequences, maxcount: int, encoding: str, shape: dict, bar,
-                 hold_back: int, where: Path) -> tuple[dict, list[dict]]:
-    """Shard one split; returns its manifest entry and, with `hold_back` N, the encoded last N sequences, which
-    are not written (they become the validation split)."""
-    writer, origins, held = _SplitWriter(tmp, split, maxcount), {}, collections.deque()
-    try:
-        for seq in sequences:
-            _check_consistent(seq, shape)
-            if seq.key in origins:
-                raise DataError(f"{seq.source}: sequence key '{seq.key}' in split '{split}' is also the "
-                                f"key of {origins[seq.key]} (rename one of them)")
-            origins[seq.key] = seq.source
-            held.append(codec.encode_sample(seq, encoding))
-            if len(held) > hold_back:
-                writer.write(held.popleft())
-            bar.update(1)
-    finally:
-        writer.close()
-    if not origins:
-        raise DataError(f"{where}: no sequences found")
-    if len(origins) <= hold_back:
-        raise DataError(f"{where}: {len(origins)} sequence(s), none left for training after --val-from-train "
-                        f"{hold_back}")
-    return {"count": len(origins) - hold_back, "shards": writer.shards}, list(held)
+def _counted(stream: Iterator[tuple], bar: tqdm, unit: str) -> Iterator[tuple]:
+    """(tag, units, Encoded) -> (tag, Encoded), advancing the bar; a bar in bytes also shows the sequence count."""
+    for count, (tag, units, enc) in enumerate(stream, start=1):
+        bar.update(units)
+        if unit == "B":
+            bar.set_postfix_str(f"{count} seq", refresh=False)
+        yield tag, enc
+
+
+def _ordered_splits(source: Source, encoding: str, pool, workers: int, bars: list[tqdm], tmp: Path) -> dict:
+    """Split -> iterator of Encoded in source order; a stream (a tar) is read whole first and put in order, with
+    a second progress bar (appended to `bars`) for writing its shards."""
+    bar, scratch = bars[0], tmp / HANDOFF_DIR
+    scratch.mkdir()
+    if source.stream is None:
+        def split_stream(split: str) -> Iterator[Encoded]:
+            items = ((None, job, units) for job, units in source.splits[split]())
+            return (enc for _, enc in _counted(encode_all(items, encoding, pool, workers, scratch), bar, source.unit))
+        return {split: split_stream(split) for split in source.splits}
+    spill = MemberSpill(tmp / SPILL_DIR)
+    items = (((split, member), job, units) for split, member, job, units in source.stream())
+    for (split, member), enc in _counted(encode_all(items, encoding, pool, workers, scratch), bar, source.unit):
+        spill.add(split, member, enc)
+    if bar.total:
+        bar.update(bar.total - bar.n)  # the tar's own headers and padding
+    disable = bar.disable
+    bar.close()
+    bars.append(tqdm(desc="writing shards", total=spill.count(), unit="seq", disable=disable, dynamic_ncols=True))
+
+    def ticking(samples: Iterator[Encoded]) -> Iterator[Encoded]:
+        for enc in samples:
+            bars[-1].update(1)
+            yield enc
+    return {split: ticking(samples) for split, samples in spill.splits().items()}
 
 
 def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: int = 256, encoding: str = "png",
-            overwrite: bool = False, progress: bool = True, val_from_train: int = 0) -> dict:
+            overwrite: bool = False, progress: bool = True, val_from_train: int = 0, workers: int = 1,
+            lerobot: LeRobotOptions | None = None) -> dict:
     """Convert every split under `src` into shards under `out`; returns the manifest dict.
 
     `val_from_train` N > 0 writes the last N sequences of `train` (in source order: deterministic) as the
     split `validate`, for sources that have none (the original BAIR TFRecords have only train and test).
     """
-    src, out = Path(src), Path(out)
-    _check_arguments(src, out, fmt, maxcount, encoding, overwrite, val_from_train)
-    sources = _source_splits(src, fmt)
-    if val_from_train and ("train" not in sources or "validate" in sources):
-        raise DataError(f"{src}: --val-from-train needs a 'train' split and no 'validate' split (has: "
-                        f"{', '.join(sources)})")
+    src, out = (str(src) if "://" in str(src) else str(Path(src))), Path(out)
+    _check_arguments(src, out, fmt, maxcount, encoding, overwrite, val_from_train, workers, lerobot)
+    source = open_source(src, fmt, lerobot)
     shape, splits = {}, {}
-    bar = tqdm(desc="converting", unit="seq", disable=not progress)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for split, iterate in sources.items():
+    bars = [tqdm(desc="converting", total=source.total, unit=source.unit, unit_scale=source.unit == "B",
+                 disable=not progress, dynamic_ncols=True)]
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [b.close() for b in bars])
+        tmp = stack.enter_context(atomic_dir(out, overwrite=overwrite))
+        pool = stack.enter_context(worker_pool(workers))
+        streams = _ordered_splits(source, encoding, pool, workers, bars, tmp)
+        if val_from_train and ("train" not in streams or "validate" in streams):
+            raise DataError(f"{src}: --val-from-train needs a 'train' split and no 'validate' split (has: "
+                            f"{', '.join(streams)})")
+        for split, samples in streams.items():
             hold_back = val_from_train if split == "train" else 0
-            splits[split], held = _write_split(tmp, split, iterate(), maxcount, encoding, shape, bar, hold_back,
-                                               where=src / split)
+            where = source.where.format(src=src.rstrip("/"), split=split)
+            splits[split], held = write_split(tmp, split, samples, maxcount, shape, hold_back, where)
             if held:
-                splits["validate"] = _write_held(tmp, held, maxcount)
-        bar.close()
-        data = {
-            "format": manifest.FORMAT, "version": manifest.VERSION, "created_by": f"toolkit {__version__}",
-            "source": {"path": str(src), "format": fmt, "val_from_train": val_from_train}, "encoding": encoding,
-            "seq_len": shape["seq_len"], "frame_shape": list(shape["frame_shape"]), "cond_dim": shape["cond_dim"],
-            "cond_fields": [list(f) for f in COND_FIELDS] if shape["cond_dim"] else [], "splits": splits,
-        }
+                splits["validate"] = write_held(tmp, held, maxcount)
+        for name in (SPILL_DIR, HANDOFF_DIR):
+            shutil.rmtree(tmp / name, ignore_errors=True)
+        data = _manifest(src, fmt, val_from_train, encoding, shape, splits, source)
         (tmp / manifest.MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
     if progress:
         for split, entry in splits.items():
@@ -143,25 +128,13 @@ def convert(src: str | Path, out: str | Path, fmt: str = "folders", maxcount: in
     return data
 
 
-def _write_held(tmp: Path, samples: list[dict], maxcount: int) -> dict:
-    """The carved-out validation split from already encoded samples."""
-    writer = _SplitWriter(tmp, "validate", maxcount)
-    try:
-        for sample in samples:
-            writer.write(sample)
-    finally:
-        writer.close()
-    return {"count": len(samples), "shards": writer.shards}
-
-
-def _check_consistent(seq: Sequence, shape: dict) -> None:
-    """All sequences of a dataset must share frame count/size and cond dim; the first one sets them."""
-    this = {"seq_len": int(seq.frames.shape[0]), "frame_shape": tuple(int(d) for d in seq.frames.shape[1:]),
-            "cond_dim": int(seq.cond.shape[1])}
-    if not shape:
-        shape.update(this)
-        return
-    for k, v in this.items():
-        if shape[k] != v:
-            raise DataError(f"{seq.source}: {k} is {v}, but earlier sequences have {shape[k]}")
-
+def _manifest(src: str, fmt: str, val_from_train: int, encoding: str, shape: dict, splits: dict,
+              source: Source) -> dict:
+    return {
+        "format": manifest.FORMAT, "version": manifest.VERSION, "created_by": f"toolkit {__version__}",
+        "source": {"path": src, "format": fmt, "val_from_train": val_from_train, **source.info},
+        "encoding": encoding, "seq_len": shape["seq_len"], "frame_shape": list(shape["frame_shape"]),
+        "cond_dim": shape["cond_dim"], "cond_fields": (source.cond_fields or [list(f) for f in COND_FIELDS])
+        if shape["cond_dim"] else [],
+        **source.extra, "splits": splits,
+    }

@@ -2,13 +2,16 @@
 
 A shard *location* is either a directory / URL prefix (`shards/pushing`, `http://host/shards/pushing`), with
 files at `{location}/{name}`, or a template containing `{name}` (e.g. `pipe:aws s3 cp s3://b/p/{name} -`),
-where the manifest itself is read from the template with name = manifest.json. Remote files are opened with
-WebDataset's `gopen`, which handles local paths, `http(s)://` (via curl) and `pipe:` commands alike.
+where the manifest itself is read from the template with name = manifest.json (`pipe:aws s3 cp
+s3://b/p/manifest.json -`: the manifest is fetched the way the shards are). Files are opened with WebDataset's
+`gopen`, which handles local paths, `http(s)://` (via curl) and `pipe:` commands alike; the manifest of a `pipe:`
+location is read by running the command here, so a failure names its exit status and what it printed.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 
 from webdataset.gopen import gopen
@@ -66,14 +69,27 @@ class Manifest:
         return int(self.split(split)["count"])
 
 
+def _read_pipe(url: str) -> bytes:
+    """The output of a `pipe:` command; DataError with its exit status and last line of stderr when it fails."""
+    proc = subprocess.run(url[len("pipe:"):], shell=True, capture_output=True)
+    if proc.returncode:
+        said = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        raise DataError(f"{url}: cannot read the shard manifest (the command exited with status {proc.returncode}"
+                        f"{': ' + said[0] if said else ''})")
+    return proc.stdout
+
+
 def read_manifest(location: str) -> Manifest:
     """Read and check the manifest at a shard location; DataError names the file and the problem."""
     url = file_url(location, MANIFEST_NAME)
-    try:
-        with gopen(url, "rb") as f:
-            raw = f.read()
-    except Exception as e:  # gopen raises OSError/IOError/ValueError depending on the scheme
-        raise DataError(f"{url}: cannot read the shard manifest ({e})") from None
+    if url.startswith("pipe:"):
+        raw = _read_pipe(url)
+    else:
+        try:
+            with gopen(url, "rb") as f:
+                raw = f.read()
+        except Exception as e:  # gopen raises OSError/IOError/ValueError depending on the scheme
+            raise DataError(f"{url}: cannot read the shard manifest ({e})") from None
     if not raw:
         raise DataError(f"{url}: cannot read the shard manifest (empty or unreachable)")
     try:

@@ -7,6 +7,7 @@ one row of 3; unconditional data (moving shapes) has the frames only.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -192,3 +193,13 @@ def iter_folder_split(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int =
                                 with_cond=with_cond)
         with_cond = seq.cond.shape[1] > 0
         yield seq
+
+
+def folder_jobs(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE) -> Iterator[tuple]:
+    """(job, 1) per sequence folder of a split, in numeric order: calling a job reads its folder (conditioning
+    detected per folder; `shards convert` checks that every sequence of a dataset has the same cond size)."""
+    dirs = list_sequence_dirs(split_dir)
+    if not dirs:
+        raise DataError(f"{Path(split_dir)}: no sequence folders (expected traj_A_to_B/k/0.png ..)")
+    for d in dirs:
+        yield partial(read_sequence_dir, d, safe_key(d.parent.name, d.name), seq_len, image_size), 1

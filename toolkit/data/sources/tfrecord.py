@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import struct
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import google_crc32c
 import numpy as np
@@ -27,6 +28,8 @@ from toolkit.fsutil import atomic_path
 _MASK_DELTA = 0xA282EAD8
 _HEADER = 12  # uint64 length + uint32 crc
 _FOOTER = 4   # uint32 crc
+FRAMING = _HEADER + _FOOTER
+"""Bytes a record takes in its file besides its data."""
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -46,30 +49,36 @@ def iter_records(path: Path) -> Iterator[bytes]:
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e})") from e
     with f:
-        size = os.fstat(f.fileno()).st_size
-        offset, index = 0, 0
-        while True:
-            where = f"{path} record {index} at byte {offset}"
-            header = f.read(_HEADER)
-            if not header:
-                return
-            if len(header) < _HEADER:
-                raise DataError(f"{where}: truncated header ({len(header)} of {_HEADER} bytes)")
-            length, length_crc = struct.unpack("<QI", header)
-            if masked_crc32c(header[:8]) != length_crc:
-                raise DataError(f"{where}: bad length CRC (corrupt record header)")
-            if offset + _HEADER + length + _FOOTER > size:
-                raise DataError(f"{where}: truncated data (needs {length} + {_FOOTER} CRC bytes after the "
-                                f"header, the file has {size - offset - _HEADER})")
-            data = f.read(length)
-            footer = f.read(_FOOTER)
-            if len(data) < length or len(footer) < _FOOTER:  # the file shrank while we read it
-                raise DataError(f"{where}: truncated data")
-            if masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-                raise DataError(f"{where}: bad data CRC (corrupt record of {length} bytes)")
+        for _, _, data in read_records(f, str(path), os.fstat(f.fileno()).st_size):
             yield data
-            offset += _HEADER + length + _FOOTER
-            index += 1
+
+
+def read_records(f: BinaryIO, name: str, size: int) -> Iterator[tuple[int, int, bytes]]:
+    """(index, byte offset, data) of every record of a TFRecord stream of `size` bytes (a file, or a member of a
+    tar being streamed), checking both CRCs; DataError names `name`, the record and its offset."""
+    offset, index = 0, 0
+    while True:
+        where = f"{name} record {index} at byte {offset}"
+        header = f.read(_HEADER)
+        if not header:
+            return
+        if len(header) < _HEADER:
+            raise DataError(f"{where}: truncated header ({len(header)} of {_HEADER} bytes)")
+        length, length_crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != length_crc:
+            raise DataError(f"{where}: bad length CRC (corrupt record header)")
+        if offset + _HEADER + length + _FOOTER > size:
+            raise DataError(f"{where}: truncated data (needs {length} + {_FOOTER} CRC bytes after the "
+                            f"header, the file has {size - offset - _HEADER})")
+        data = f.read(length)
+        footer = f.read(_FOOTER)
+        if len(data) < length or len(footer) < _FOOTER:  # the file shrank while we read it
+            raise DataError(f"{where}: truncated data")
+        if masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+            raise DataError(f"{where}: bad data CRC (corrupt record of {length} bytes)")
+        yield index, offset, data
+        offset += _HEADER + length + _FOOTER
+        index += 1
 
 
 def write_tfrecord(path: Path, records: Iterable[bytes]) -> int:
@@ -160,22 +169,36 @@ def list_tfrecord_files(split_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def iter_tfrecord_split(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE) -> Iterator[Sequence]:
-    """Read every BAIR record of a split folder, keys `safe_key(file_stem, record_index)` (`a.tfrecord` and
-    `a.tfrecords` would give the same keys: `shards convert` rejects that)."""
+def decode_record(data: bytes, key: str, name: str, index: int, seq_len: int = SEQ_LEN,
+                  image_size: int = IMAGE_SIZE) -> Sequence:
+    """One BAIR record of file (or tar member) `name` as a Sequence with source `{name}#{index}`."""
+    source = f"{name}#{index}"
+    try:
+        features = parse_example(data)
+    except ProtobufError as e:
+        raise DataError(f"{name} record {index}: malformed tf.train.Example ({e})") from e
+    frames, cond = read_bair_example(features, seq_len, image_size, source=source)
+    return Sequence(key=key, frames=frames, cond=cond, source=source)
+
+
+def tfrecord_jobs(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE) -> Iterator[tuple]:
+    """(job, bytes read) per record of a split folder, in order: calling a job decodes its record into a Sequence
+    with key `safe_key(file_stem, record_index)` (`a.tfrecord` and `a.tfrecords` would give the same keys:
+    `shards convert` rejects that). Framing and CRCs are checked here, the Example when the job runs."""
     files = list_tfrecord_files(split_dir)
     if not files:
         raise DataError(f"{split_dir}: no *.tfrecord or *.tfrecords files")
     records = 0
     for path in files:
         for index, data in enumerate(iter_records(path)):
-            source = f"{path}#{index}"
-            try:
-                features = parse_example(data)
-            except ProtobufError as e:
-                raise DataError(f"{path} record {index}: malformed tf.train.Example ({e})") from e
-            frames, cond = read_bair_example(features, seq_len, image_size, source=source)
             records += 1
-            yield Sequence(key=safe_key(path.stem, index), frames=frames, cond=cond, source=source)
+            yield partial(decode_record, data, safe_key(path.stem, index), str(path), index, seq_len,
+                          image_size), FRAMING + len(data)
     if not records:
         raise DataError(f"{split_dir}: the tfrecord files hold no records")
+
+
+def iter_tfrecord_split(split_dir: Path, seq_len: int = SEQ_LEN, image_size: int = IMAGE_SIZE) -> Iterator[Sequence]:
+    """Read every BAIR record of a split folder (`tfrecord_jobs`, run in order)."""
+    for job, _ in tfrecord_jobs(split_dir, seq_len, image_size):
+        yield job()
