@@ -128,3 +128,17 @@ def test_compile_with_channels_last_trains(tmp_path, pushing_shards):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = read_metrics(tmp_path / "run", "step")
     assert len(steps) == 4 and all(np.isfinite(r["loss"]) for r in steps)
+
+
+def test_the_lstm_dtype_under_bf16_autocast_on_the_gpu():
+    # autocast's cuDNN-RNN wrapper casts to float16 whatever autocast's dtype (toolkit/model/lstm.py); the
+    # heads after it run in bf16 again
+    from toolkit.model.lstm import GaussianLSTM
+
+    module = GaussianLSTM(9, 5, 7, 2).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        h, _ = module.lstm(module.embed(torch.randn(4, 3, 9, device="cuda")))
+        (z, mu, logvar), _ = module(torch.randn(4, 3, 9, device="cuda"))
+    print(f"cuDNN LSTM output under bf16 autocast: {h.dtype}; heads: {mu.dtype}")
+    assert h.dtype in (torch.float16, torch.bfloat16) and mu.dtype == torch.bfloat16
+    assert torch.isfinite(z).all()

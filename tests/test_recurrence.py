@@ -198,3 +198,11 @@ def test_a_channels_last_step_never_mixes_memory_formats(tf, skip_from):
     with FormatLog() as log:
         model(frames, cond, tf, 0.1, noise)["loss"].backward()
     assert not log.mixed, log.mixed[:5]
+
+
+def test_the_lstms_run_in_bf16_under_cpu_autocast():
+    module = LSTM(9, 5, 7, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, _ = module.lstm(module.embed(torch.randn(4, 3, 9)))
+        out, (hn, cn) = module(torch.randn(4, 3, 9))
+    assert h.dtype == hn.dtype == cn.dtype == torch.bfloat16 and out.dtype == torch.bfloat16

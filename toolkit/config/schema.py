@@ -142,8 +142,8 @@ class TrainConfig:
     channels_last: bool = True
     """Keep convolution weights in channels-last memory format (faster convolutions on CPU and tensor cores)."""
     compile: bool = False
-    """`torch.compile` the encoder, decoder and LSTMs (in place: checkpoints are unchanged); the first steps
-    take longer while it compiles."""
+    """`torch.compile` the encoder and the decoder (in place: checkpoints are unchanged); the first steps take
+    longer while it compiles."""
     cuda_graphs: bool = False
     """Capture each training step (forward, backward, clipping, Adam) in a CUDA graph and replay it: one launch
     per step instead of thousands (toolkit/train/graphs.py). Needs a CUDA GPU, optim.grad_accum = 1, no fp16

@@ -11,9 +11,13 @@ Unlike the reference, the hidden state is not stored on the module: `forward(x, 
 and `state=None` starts from zeros, so modules know no batch size or device. A state is the `(h, c)` pair of
 `nn.LSTM`, each [n_layers, B, hidden_size].
 
-Under bf16 autocast `nn.LSTM` is on autocast's lower-precision list: on a GPU its weights and inputs are cast
-to the autocast dtype and cuDNN runs the recurrence in bf16 (PyTorch >= 2.4 has bf16 cuDNN RNNs; older
-versions cast RNNs to fp16), accumulating in float32; on a CPU oneDNN runs it in bf16 too. The output is bf16.
+Under autocast the recurrence runs in 16 bits, but not always in autocast's dtype. On a GPU, PyTorch's autocast
+wrapper of cuDNN RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp, `_cudnn_rnn_cast_reflatten`, unchanged up to the
+2.1x sources read) casts the weights (into one flat buffer), the input and the state to float16 whatever
+autocast's dtype, bf16 included: cuDNN >= 9.13 could run bf16 RNNs (pytorch#164411), but the wrapper asks for
+kHalf. The LSTMs then return float16, and the next autocast op (the heads' Linear) casts to bf16; gates stay
+far inside float16's range (tanh/sigmoid inputs of a few units). On a CPU, oneDNN's RNN layer is on autocast's
+bf16 list and runs in bf16. tests/test_cuda.py prints what the GPU did.
 """
 
 from __future__ import annotations

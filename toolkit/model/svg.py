@@ -72,7 +72,10 @@ def _per_step_calls(model: nn.Module, steps: int):
                     for name, p in m.named_parameters()}
 
     def call(name: str, s: int, *args, **kwargs):
-        return functional_call(modules[name], {k: v[s] for k, v in views[name].items()}, args, kwargs)
+        module = modules[name]
+        if getattr(module, "_compiled_call_impl", None) is not None:  # swapped parameters would recompile it
+            return module(*args, **kwargs)
+        return functional_call(module, {k: v[s] for k, v in views[name].items()}, args, kwargs)
     return call
 
 
