@@ -9,8 +9,9 @@ one thread each, and are scored the same way (the lab protocol on the whole vali
 latents seeded by the training seed):
 - toolkit: `python -m toolkit train recipes/train/demo.yaml` with its default model options;
 - reference port: edenton/svg's architecture (decoder skips from x_{n_past-2}, no BatchNorm on the predictor
-  output) trained by `toolkit.model.reference.reference_step`: two encoder calls and one decoder call per time
-  step, B frames each, one Adam per module.
+  output) trained by `toolkit.model.reference.reference_step`: edenton/svg's call pattern (train_svg_fp.py:
+  every frame encoded once, then one decoder call per step, B frames each; stacked LSTM cells), NCHW, one
+  Adam per module.
 The port is scored twice: with the BatchNorm statistics its training left, as edenton/svg evaluates ("port"),
 and with them re-estimated as the toolkit does before every validation ("port+bn"), which separates the
 training code from that evaluation fix.

@@ -221,7 +221,10 @@ def test_launcher_multinode_arguments_and_errors(monkeypatch):
 def test_two_node_launch_on_localhost_keeps_ranks_identical(tmp_path, pushing_shards):
     recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run", train={"epochs": 1, "epoch_size": 3})
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "NNODES": "2",
-           "GPUS_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+           "GPUS_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           # accelerate gives each "node" every physical core; two of them on one machine oversubscribe it, and
+           # libgomp's spinning barriers then run the step orders of magnitude slower
+           "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(["./launch.sh", str(recipe), "recipes/accelerate/cpu.yaml"], cwd=REPO,
                               env={**env, "MACHINE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for rank in (0, 1)]

@@ -56,7 +56,9 @@ def slurm_env(tmp_path: Path, nodes: int, **extra: str) -> dict:
     return {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
             "FAKE_SLURM_LOG": str(tmp_path / "slurm.log"), "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NUM_NODES": str(nodes),
             "SLURM_NNODES": str(nodes), "SLURM_JOB_NODELIST": ",".join(["127.0.0.1"] * nodes),
-            "SLURM_SUBMIT_DIR": str(REPO), "MASTER_PORT": str(free_port()), "GPUS_PER_NODE": "1", **extra}
+            "SLURM_SUBMIT_DIR": str(REPO), "MASTER_PORT": str(free_port()), "GPUS_PER_NODE": "1",
+            "OMP_NUM_THREADS": "1",  # all "nodes" share this machine: one thread each (see test_scale's 2-node test)
+            **extra}
 
 
 def sbatch(recipe: Path, env: dict, **kw) -> subprocess.Popen:
