@@ -1,6 +1,7 @@
 """The toolkit against a straight port of the reference SVG training loop: equal data, steps and seeds.
 
     python benchmarks/parity.py [--seeds 3] [--epochs 8] [--epoch-size 100] [--out runs/parity]
+    for s in 1 2 3; do python benchmarks/parity.py --only-seed $s & done; wait; python benchmarks/parity.py
 
 Both sides train the demo's tiny model (width 0.125, g 32, z 8, rnn 64) on the embedded pushing world
 (shards/pushing) with the demo recipe's hyperparameters (batch 8, lr 0.002, teacher forcing on, beta 1e-4 with
@@ -116,13 +117,23 @@ def main() -> None:
     p.add_argument("--epoch-size", type=int, default=100, help="steps per epoch")
     p.add_argument("--shards", default=str(REPO / "shards" / "pushing"))
     p.add_argument("--out", default=str(REPO / "runs" / "parity"))
+    p.add_argument("--only-seed", type=int, help="train this seed only and keep its results (OUT/seed{N}.json), "
+                   "e.g. one seed per core in parallel; a later --seeds run reuses them")
     args = p.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     results = {"toolkit": [], "port": [], "port+bn": []}
-    for seed in range(1, args.seeds + 1):
-        results["toolkit"].append(toolkit_side(args, seed))
-        for side, result in port_side(args, seed).items():
+    for seed in [args.only_seed] if args.only_seed else range(1, args.seeds + 1):
+        kept = Path(args.out, f"seed{seed}.json")
+        if kept.exists():
+            sides = json.loads(kept.read_text())
+        else:
+            sides = {"toolkit": toolkit_side(args, seed), **port_side(args, seed)}
+            kept.write_text(json.dumps(sides))
+        for side, result in sides.items():
             results[side].append(result)
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]['psnr']:.2f} dB" for k, v in results.items()), flush=True)
+    if args.only_seed:
+        return
     Path(args.out, "parity.json").write_text(json.dumps(results, indent=1))
     steps = args.epochs * args.epoch_size
     port = results["port"]
@@ -144,6 +155,7 @@ def main() -> None:
               f"better on {wins} of {total} (sequence, seed) pairs")
     ratio = sum(r["s_per_step"] for r in results["toolkit"]) / sum(r["s_per_step"] for r in port)
     print(f"time per training step toolkit / port: {ratio:.2f}")
+
 
 if __name__ == "__main__":
     main()

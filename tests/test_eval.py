@@ -67,6 +67,19 @@ def test_eval_numbers_equal_a_direct_computation(tiny_run, pushing_shards, tmp_p
     np.testing.assert_allclose(report["per_frame"]["baseline_psnr"], baseline.mean(axis=0), rtol=1e-10)
     assert report["mean"]["psnr"] == pytest.approx(best.mean(), rel=1e-10)
     assert report["mean"]["psnr"] >= report["mean"]["psnr_mean"]  # best-of-N can only be better
+    # motion-region PSNR: the pixels where the ground truth differs from the last context frame by > 0.05
+    moving = (np.abs(future.numpy() - past[:, 1:2].numpy()) > 0.05).any(axis=2)  # [N, T, H, W]
+    assert 0 < moving.mean() < 0.5  # the arm and the pushed objects, not the whole frame
+    chosen = np.stack(preds)[psnr.mean(axis=2).argmax(axis=0), np.arange(5)].astype(np.float64)  # best by PSNR
+    truth = future.numpy().astype(np.float64)
+    expected = np.full((5, 10), np.nan)
+    for n in range(5):
+        for t in range(10):
+            if moving[n, t].any():
+                mse = ((chosen[n, t] - truth[n, t]) ** 2)[:, moving[n, t]].mean(axis=1)
+                expected[n, t] = np.mean(-10 * np.log10(np.maximum(mse, 1e-10)))
+    np.testing.assert_allclose(report["per_frame"]["motion_psnr"], np.nanmean(expected[order], axis=0), rtol=1e-10)
+    assert report["mean"]["baseline_motion_psnr"] < report["mean"]["baseline_psnr"]  # copy-last is wrong there
 
 
 # Per-sequence agreement between world sizes and batch sizes, in dB. Not bitwise: a float32 convolution sums in

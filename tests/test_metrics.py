@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.eval.metrics import best_of_n, copy_last_frame, psnr, ssim
+from toolkit.eval.metrics import best_of_n, copy_last_frame, masked_psnr, motion_mask, psnr, ssim
+from toolkit.eval.protocol import summarize
 
 
 def test_psnr_hand_computed():
@@ -101,3 +102,29 @@ def test_best_of_n():
     best, index = best_of_n(scores)
     assert index.tolist() == [2, 0]
     assert best.tolist() == [[24.0, 26.0], [30.0, 30.0]]
+
+
+def test_motion_region_psnr_counts_only_the_pixels_that_move():
+    g = torch.Generator().manual_seed(0)
+    last = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64) * 0.8 + 0.1  # no clamping below
+    future = last[:, None].repeat(1, 3, 1, 1, 1)
+    future[0, 0, 1, 2:4, 5] += 0.2  # two pixels of one channel move in frame 0 of sequence 0
+    future[1, 1, :, 0, 0] -= 0.04  # below the threshold: not motion
+    mask = motion_mask(last, future)
+    assert mask.shape == (2, 3, 1, 8, 8) and mask.sum() == 2 and mask[0, 0, 0, 2:4, 5].all()
+    pred = future + 0.01  # 0.01 off everywhere, 0.1 off on one of the moving pixels
+    pred[0, 0, :, 2, 5] += 0.09
+    value = masked_psnr(pred, future, mask)
+    expected = np.mean([-10 * math.log10((0.1 ** 2 + 0.01 ** 2) / 2)] * 3)
+    assert value[0, 0].item() == pytest.approx(expected, rel=1e-9)
+    assert torch.isnan(value[0, 1:]).all() and torch.isnan(value[1]).all()  # nothing moved there
+    full = torch.ones_like(mask)
+    torch.testing.assert_close(masked_psnr(pred, future, full), psnr(pred, future), rtol=1e-12, atol=0)
+    # averages leave the frames where nothing moved out instead of turning NaN
+    rows = [{"key": f"k{b}", **{k: (value[b] if "motion" in k else torch.zeros(3)).tolist()
+                                for k in ("psnr", "ssim", "psnr_mean", "ssim_mean", "baseline_psnr", "baseline_ssim",
+                                          "motion_psnr", "baseline_motion_psnr")}} for b in range(2)]
+    result = summarize(rows, 1)
+    assert result.mean["motion_psnr"] == pytest.approx(expected, rel=1e-9)
+    per_frame = result.per_frame["motion_psnr"]
+    assert per_frame[0] == pytest.approx(expected) and math.isnan(per_frame[1])

@@ -1,4 +1,5 @@
-"""Per-sequence video prediction metrics (batched torch): PSNR, SSIM, copy-last-frame baseline, best of N.
+"""Per-sequence video prediction metrics (batched torch): PSNR, SSIM, motion-region PSNR, copy-last-frame
+baseline, best of N.
 
 Evaluation protocol: the model sees frames 0..n_past-1 of the first n_past+n_future frames of each sequence and
 is scored on frames n_past..n_past+n_future-1; per-frame values are averaged over the whole evaluation set. The
@@ -80,6 +81,30 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     per_channel = ssim_map.mean(dim=(1, 2)).view(B, T, C)
     per_channel = torch.where(torch.isnan(per_channel), torch.full_like(per_channel, -1.0), per_channel)
     return per_channel.mean(dim=2)
+
+
+MOTION_THRESHOLD = 0.05
+"""A pixel moves when some channel of the ground-truth frame differs from the last context frame's by more than
+this (images in [0, 1]; 0.05 is about 13 of 255 levels, above png rounding and the worlds' flat shading)."""
+
+
+def motion_mask(last: torch.Tensor, future: torch.Tensor, threshold: float = MOTION_THRESHOLD) -> torch.Tensor:
+    """Where the future moves: last context frame last [B, C, H, W], ground truth future [B, T, C, H, W] ->
+    bool [B, T, 1, H, W], true where any channel differs from the last context frame by more than threshold."""
+    return ((future - last[:, None]).abs() > threshold).any(dim=2, keepdim=True)
+
+
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR [B, T] (float64) over the pixels of mask [B, T, 1, H, W] only: per channel 20 log10(range) -
+    10 log10(mse_c), mse_c the mean squared error over the masked pixels (clamped as `psnr`), then averaged
+    over channels. NaN for a frame whose mask is empty (nothing moved): averages skip it (`nanmean`)."""
+    _check(pred, target, "masked_psnr")
+    m = mask.double()
+    count = m.sum(dim=(3, 4))  # [B, T, 1]
+    sq = ((pred.double() - target.double()).pow(2) * m).sum(dim=(3, 4))
+    mse = (sq / count.clamp_min(1)).clamp_min(MSE_FLOOR)
+    value = (20 * math.log10(data_range) - 10 * torch.log10(mse)).mean(dim=2)
+    return torch.where(count[..., 0] > 0, value, torch.full_like(value, float("nan")))
 
 
 def copy_last_frame(past: torch.Tensor, n_future: int) -> torch.Tensor:

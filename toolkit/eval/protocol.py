@@ -20,7 +20,11 @@ from accelerate.utils import gather_object
 
 from toolkit.eval import metrics
 
-KEYS = ("psnr", "ssim", "psnr_mean", "ssim_mean", "baseline_psnr", "baseline_ssim")
+KEYS = ("psnr", "ssim", "psnr_mean", "ssim_mean", "baseline_psnr", "baseline_ssim", "motion_psnr",
+        "baseline_motion_psnr")
+"""motion_psnr: PSNR over the pixels that move (`metrics.motion_mask`: the ground truth differs from the last
+context frame by more than `metrics.MOTION_THRESHOLD`) of the sample best by PSNR; copy-last-frame's is
+baseline_motion_psnr. Frames where nothing moves are left out of its averages."""
 
 
 @dataclass
@@ -101,8 +105,12 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
         best_psnr, best_index = metrics.best_of_n(psnr)
         best_ssim, _ = metrics.best_of_n(ssim)
         baseline = metrics.copy_last_frame(past, n_future)
+        moving = metrics.motion_mask(past[:, -1], future)
+        best = preds.gather(0, best_index.view(1, -1, *[1] * (preds.dim() - 2)).expand(1, *preds.shape[1:]))[0]
         values = {"psnr": best_psnr, "ssim": best_ssim, "psnr_mean": psnr.mean(0), "ssim_mean": ssim.mean(0),
-                  "baseline_psnr": metrics.psnr(baseline, future), "baseline_ssim": metrics.ssim(baseline, future)}
+                  "baseline_psnr": metrics.psnr(baseline, future), "baseline_ssim": metrics.ssim(baseline, future),
+                  "motion_psnr": metrics.masked_psnr(best, future, moving),
+                  "baseline_motion_psnr": metrics.masked_psnr(baseline, future, moving)}
         values = {k: v.double().cpu() for k, v in values.items()}
         for b, key in enumerate(batch.keys):
             rows.append({"key": key, **{k: v[b].tolist() for k, v in values.items()}})
@@ -124,8 +132,8 @@ def summarize(rows: list[dict], samples: int) -> EvalResult:
         return EvalResult(count=0, samples=samples, per_frame={k: [] for k in KEYS},
                           mean={k: float("nan") for k in KEYS})
     rows = sorted(rows, key=lambda r: r["key"])
-    per_frame = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(0).tolist() for k in KEYS}
-    mean = {k: float(torch.tensor([r[k] for r in rows], dtype=torch.float64).mean()) for k in KEYS}
+    per_frame = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).nanmean(0).tolist() for k in KEYS}
+    mean = {k: float(torch.tensor([r[k] for r in rows], dtype=torch.float64).nanmean()) for k in KEYS}
     per_sequence = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(1).tolist()
                     for k in ("psnr", "ssim", "baseline_psnr")}
     return EvalResult(count=len(rows), samples=samples, per_frame=per_frame, mean=mean, keys=[r["key"] for r in rows],

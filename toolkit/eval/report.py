@@ -34,7 +34,8 @@ def format_table(report: dict) -> str:
     """The report as a readable table: one row per predicted frame (1-based frame numbers) and the mean."""
     n, pf, mean = report["samples"], report["per_frame"], report["mean"]
     columns = [(f"best-of-{n} PSNR", "psnr"), (f"mean-of-{n} PSNR", "psnr_mean"), ("copy-last PSNR", "baseline_psnr"),
-               (f"best-of-{n} SSIM", "ssim"), (f"mean-of-{n} SSIM", "ssim_mean"), ("copy-last SSIM", "baseline_ssim")]
+               (f"best-of-{n} SSIM", "ssim"), (f"mean-of-{n} SSIM", "ssim_mean"), ("copy-last SSIM", "baseline_ssim"),
+               (f"best-of-{n} motion", "motion_psnr"), ("copy-last motion", "baseline_motion_psnr")]
     first = report["n_past"] + 1
     lines = [f"{report['checkpoint']} on {report['split']} ({report['count']} sequences, {n} sample(s) each, "
              f"frames {first}..{report['n_past'] + report['n_future']})",

@@ -104,6 +104,13 @@ def run_epoch(run: Run) -> tuple[float, int]:
     return seconds, state.step_in_epoch - start
 
 
+def motion_text(val: dict) -> str:
+    """The motion-region PSNR pair of a validation record (absent from records written before it existed)."""
+    if "motion_psnr" not in val:
+        return ""
+    return f"; moving pixels {val['motion_psnr']:.2f} vs {val['baseline_motion_psnr']:.2f} dB"
+
+
 def log_step(run: Run, values: dict, bar) -> None:
     """A step record (the rank-mean losses of the step's last micro-batch; none for a skipped step) and the
     non-finite guard."""
@@ -191,9 +198,9 @@ def summarize(run: Run) -> dict:
         summary.update(val_psnr=last_val["psnr"], baseline_psnr=last_val["baseline_psnr"], val_ssim=last_val["ssim"],
                        baseline_ssim=last_val["baseline_ssim"], val_count=last_val["count"])
         run.say(f"final validation PSNR {last_val['psnr']:.2f} dB vs copy-last-frame baseline "
-                f"{last_val['baseline_psnr']:.2f} dB (SSIM {last_val['ssim']:.3f} vs {last_val['baseline_ssim']:.3f}) "
-                f"on {last_val['count']} sequences after {state.epoch} epoch(s); best {state.best_psnr:.2f} dB after "
-                f"epoch {state.best_epoch}; run dir {run.run_dir}")
+                f"{last_val['baseline_psnr']:.2f} dB (SSIM {last_val['ssim']:.3f} vs {last_val['baseline_ssim']:.3f}"
+                f"{motion_text(last_val)}) on {last_val['count']} sequences after {state.epoch} epoch(s); best "
+                f"{state.best_psnr:.2f} dB after epoch {state.best_epoch}; run dir {run.run_dir}")
     run.log.write(summary)
     acc.end_training()
     return summary
