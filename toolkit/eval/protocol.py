@@ -106,7 +106,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
         best_ssim, _ = metrics.best_of_n(ssim)
         baseline = metrics.copy_last_frame(past, n_future)
         moving = metrics.motion_mask(past[:, -1], future)
-        best = preds.gather(0, best_index.view(1, -1, *[1] * (preds.dim() - 2)).expand(1, *preds.shape[1:]))[0]
+        best = preds[best_index, torch.arange(preds.shape[1], device=best_index.device)]  # by PSNR, [B, ...]
         values = {"psnr": best_psnr, "ssim": best_ssim, "psnr_mean": psnr.mean(0), "ssim_mean": ssim.mean(0),
                   "baseline_psnr": metrics.psnr(baseline, future), "baseline_ssim": metrics.ssim(baseline, future),
                   "motion_psnr": metrics.masked_psnr(best, future, moving),
@@ -115,7 +115,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, n_past: i
         for b, key in enumerate(batch.keys):
             rows.append({"key": key, **{k: v[b].tolist() for k, v in values.items()}})
             if len(kept) < keep:
-                kept.append((key, frames[b, :n_past + n_future].cpu(), preds[best_index[b], b].cpu()))
+                kept.append((key, frames[b, :n_past + n_future].cpu(), best[b].cpu()))
     if was_training:
         model.train()
     rows = gather_object(rows) if accelerator.num_processes > 1 else rows
