@@ -258,14 +258,29 @@ def test_checkpoints_hold_batchnorm_statistics_reestimated_without_changing_trai
         m.momentum = None
     model.train()
     torch.manual_seed(batchnorm_seed(1, 2))
+
+    def stats() -> dict:
+        return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+    estimates = []
     with torch.no_grad():  # the estimate, recomputed: the average over 3 batches of the stream (seed, -1 - epoch)
         for batch in train_loader(pushing_shards, "train", 2, 3, 12, seed=1, epoch=-3, num_workers=0,
                                   shuffle_buffer=4):
             model(*batch.to("cpu"), True, 0.0)
+            estimates.append(stats())
     saved = load_file(ckpt / "model.safetensors")
-    for name, buffer in model.state_dict().items():
-        if name.endswith(("running_mean", "running_var")):
-            assert torch.allclose(saved[name], buffer, rtol=1e-5, atol=1e-7), name
+
+    def largest_difference(estimate: dict) -> float:
+        """Largest |saved - estimate| over a layer's statistics, relative to the layer's largest statistic.
+
+        float32 statistics summed in another order (batch split, the CPU's vector width: AVX-512 and AVX2
+        differ) agree to about log2(N) * 2^-24 (N = B*H*W values per channel) of the summands' size, not of
+        the result's: a mean that cancels to ~0 keeps an absolute error of that size, so the tolerance is
+        relative to the layer's scale. Measured 1.9e-6 on an AVX-512 CPU; other batches differ by far more."""
+        return max((saved[k] - v).abs().max().item() / v.abs().max().item() for k, v in estimate.items())
+
+    assert len(estimates) == 3 and largest_difference(estimates[2]) < 1e-5
+    assert largest_difference(estimates[1]) > 1e-3  # the average of 2 batches instead of 3: the tolerance sees it
     assert not torch.equal(saved["encoder.c1.0.1.running_mean"],
                            load_file(tmp_path / "bn0" / "checkpoints" / "epoch_000002" / "model.safetensors")[
                                "encoder.c1.0.1.running_mean"])
