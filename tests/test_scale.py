@@ -44,6 +44,7 @@ def test_two_ranks_take_one_teacher_forcing_decision_per_step(tmp_path, pushing_
     proc = subprocess.run(accelerate_launch("-m", "toolkit", "train", str(recipe)), capture_output=True, text=True,
                           cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # e.g. DDP's broadcast_buffers deprecation (torch 2.13)
     steps = read_metrics(tmp_path / "run", "step")
     assert len(steps) == 12 and read_metrics(tmp_path / "run", "final")[-1]["world_size"] == 2
     forced = [r["teacher_forced"] for r in steps]  # the mean over both ranks: 0.5 if they disagreed

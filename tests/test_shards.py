@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 
 import hashlib
 import json
@@ -81,6 +83,20 @@ def test_conversion_is_reproducible(bair_folders, tmp_path):
     b = convert(src, tmp_path / "b", progress=False)
     checksums = [[s["sha256"] for s in m["splits"]["train"]["shards"]] for m in (a, b)]
     assert checksums[0] == checksums[1]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_shards_get_the_modes_mkdir_and_open_would_give(bair_folders, tmp_path, umask):
+    src, _ = bair_folders
+    old = os.umask(umask)
+    try:  # tempfile makes its directories 0700 and files 0600: renamed into place they would hide the shards
+        convert(src, tmp_path / "shards", maxcount=2, progress=False)
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "shards").iterdir())
+    assert len(files) == 1 + 3 + 2 + 1  # manifest, train 3 shards, validate 2, test 1
+    assert stat.S_IMODE((tmp_path / "shards").stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
 
 
 def test_unconditional_folders_give_cond_dim_zero(tmp_path):

@@ -17,6 +17,20 @@ from typing import Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    """The process umask (os.umask sets it and returns the old one; Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(is_dir: bool) -> int:
+    """The permission bits `open(..., "w")` or `mkdir` would give a new file or directory under the umask.
+    tempfile's mkstemp/mkdtemp make them private (0600/0700), which renamed into place would hide shards,
+    reports and checkpoints from the other users of a shared filesystem."""
+    return (0o777 if is_dir else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`, else delete it.
@@ -28,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, plain_mode(is_dir=False))
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -59,6 +74,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise FileExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    os.chmod(tmp, plain_mode(is_dir=True))
     try:
         yield tmp
     except BaseException:

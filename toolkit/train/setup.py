@@ -8,6 +8,7 @@ sequences, and the conditioning the model expects matches the shards.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -102,12 +103,25 @@ def build_model(cfg: Config, args: dict) -> SVG:
     return model
 
 
+def ddp_kwargs() -> DistributedDataParallelKwargs:
+    """DDP without buffer syncs at every forward. torch 2.13 deprecated `broadcast_buffers` (a FutureWarning
+    per rank) for `forward_sync_buffers`, which accelerate's dataclass does not know yet (its `to_kwargs` only
+    passes known fields), so where torch has the new name this handler passes it instead. Its one
+    difference, a buffer sync when DDP is made, is harmless: every rank starts from the same weights."""
+    kwargs = DistributedDataParallelKwargs(broadcast_buffers=False)
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
+        def new_name() -> dict:
+            return {"forward_sync_buffers": False}
+        kwargs.to_kwargs = new_name
+    return kwargs
+
+
 def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
     """The run's Accelerator. DDP does not broadcast BatchNorm buffers at every forward (broadcast_buffers=False):
     training does not read them, and they are re-estimated and averaged over the ranks before every validation
     and checkpoint (batchnorm.py). For CUDA graphs, autocast keeps no weight-cast cache and NCCL's asynchronous
     error handling is off before the process group is made, as PyTorch's DDP-with-graphs notes require."""
-    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
+    handlers = [ddp_kwargs()]
     if cfg.train.cuda_graphs:
         handlers.append(AutocastKwargs(cache_enabled=False))
         if torch.cuda.is_available():
