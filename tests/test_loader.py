@@ -177,7 +177,7 @@ def test_loader_reads_pipe_urls(shards):
 
 
 def test_training_streams_pipe_shards_manifest_included(tmp_path, pushing_shards):
-    """The README's object-storage recipe with `cat` standing in for `aws s3 cp ... -` / `gsutil cat`."""
+    """docs/data.md's object-storage recipe with `cat` standing in for `aws s3 cp ... -` / `gsutil cat`."""
     recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run", train={"epochs": 1, "epoch_size": 2})
     proc = run_toolkit("train", str(recipe), f"--data.shards=pipe:cat {pushing_shards}/{{name}}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -54,7 +54,7 @@ class ModelConfig:
     """LSTM layers of the learned prior (used when prior = learned)."""
     skip_from: str = "last_context"
     """Which frame's encoder features the decoder's skip connections use for predicted frames: `last_context`
-    (the paper's wording: x_{n_past-1}; chosen by the ablation in README.md, where it puts the first predicted
+    (the paper's wording: x_{n_past-1}; chosen by the ablation in docs/model.md, where it puts the first predicted
     frame above copy-last-frame), `reference` (edenton/svg's code: the context frame before the last,
     x_{n_past-2}; x_0 when n_past = 1) or `previous` (the input frame of every step: `--last_frame_skip`)."""
     predictor_bn: bool = False
