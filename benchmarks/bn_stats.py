@@ -21,11 +21,12 @@ import torch
 def score(model, manifest, cfg, acc) -> tuple[float, float, float]:
     """(mean validation PSNR, PSNR of the first predicted frame, copy-last-frame's there)."""
     from toolkit.data.loader import eval_loader
-    from toolkit.eval.protocol import evaluate
+    from toolkit.eval.evaluate import evaluate
+    from toolkit.eval.protocols import lab
 
     d = cfg.data
     loader = eval_loader(manifest, d.val_split, 20, d.n_past + d.n_future, num_workers=0)
-    result, _ = evaluate(model, loader, acc, d.n_past, d.n_future, seed=cfg.train.seed)
+    result, _ = evaluate(model, loader, acc, lab(d.n_past, d.n_future), seed=cfg.train.seed)
     return result.mean["psnr"], result.per_frame["psnr"][0], result.per_frame["baseline_psnr"][0]
 
 

@@ -72,7 +72,8 @@ def port_side(args, seed: int) -> dict:
     from toolkit.config import load_config
     from toolkit.data.loader import eval_loader, train_loader
     from toolkit.data.shards.manifest import read_manifest
-    from toolkit.eval.protocol import evaluate
+    from toolkit.eval.evaluate import evaluate
+    from toolkit.eval.protocols import lab
     from toolkit.model import SVG
     from toolkit.model.reference import reference_optimizers, reference_step
     from toolkit.train.batchnorm import reestimate_batchnorm
@@ -102,7 +103,7 @@ def port_side(args, seed: int) -> dict:
         if side == "port+bn":
             reestimate_batchnorm(model, manifest, cfg, acc, args.epochs, cfg.train.bn_batches)
         result, _ = evaluate(model, eval_loader(manifest, d.val_split, 8, d.n_past + d.n_future, num_workers=1),
-                             acc, d.n_past, d.n_future, seed=seed)
+                             acc, lab(d.n_past, d.n_future), seed=seed)
         sides[side] = {"psnr": result.mean["psnr"], "per_sequence": result.per_sequence["psnr"],
                        "baseline": result.mean["baseline_psnr"], "s_per_step": seconds / step}
     return sides

@@ -20,7 +20,7 @@ from toolkit.train.checkpoint import load_model
 from toolkit.config import ModelConfig
 from toolkit.data.shards.manifest import read_manifest
 from toolkit.eval.report import eval_checkpoint
-from toolkit.eval.protocol import batch_noise
+from toolkit.eval.evaluate import batch_noise
 from toolkit.fsutil import file_sha256
 from toolkit.model import SVG
 
@@ -62,10 +62,13 @@ def test_eval_numbers_equal_a_direct_computation(tiny_run, pushing_shards, tmp_p
     best = psnr[psnr.mean(axis=2).argmax(axis=0), np.arange(5)]
     baseline = numpy_psnr(np.repeat(past[:, 1:2].numpy(), 10, axis=1), future.numpy())
     order = np.argsort(keys)
-    np.testing.assert_allclose(report["per_frame"]["psnr"], best[order].mean(axis=0), rtol=1e-10)
-    np.testing.assert_allclose(report["per_frame"]["psnr_mean"], psnr.mean(axis=0).mean(axis=0), rtol=1e-10)
+    # cvae eval generates the 3 samples of the 5 videos in one call of 15 rows, here 5 at a time: a float32
+    # convolution sums in an order that depends on the batch, which moves PSNR by ~1e-9 relative (1e-10 when
+    # both called the model alike); the baseline involves no model and stays exact
+    np.testing.assert_allclose(report["per_frame"]["psnr"], best[order].mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(report["per_frame"]["psnr_mean"], psnr.mean(axis=0).mean(axis=0), rtol=1e-7)
     np.testing.assert_allclose(report["per_frame"]["baseline_psnr"], baseline.mean(axis=0), rtol=1e-10)
-    assert report["mean"]["psnr"] == pytest.approx(best.mean(), rel=1e-10)
+    assert report["mean"]["psnr"] == pytest.approx(best.mean(), rel=1e-7)
     assert report["mean"]["psnr"] >= report["mean"]["psnr_mean"]  # best-of-N can only be better
     # motion-region PSNR: the pixels where the ground truth differs from the last context frame by > 0.05
     moving = (np.abs(future.numpy() - past[:, 1:2].numpy()) > 0.05).any(axis=2)  # [N, T, H, W]
@@ -78,7 +81,7 @@ def test_eval_numbers_equal_a_direct_computation(tiny_run, pushing_shards, tmp_p
             if moving[n, t].any():
                 mse = ((chosen[n, t] - truth[n, t]) ** 2)[:, moving[n, t]].mean(axis=1)
                 expected[n, t] = np.mean(-10 * np.log10(np.maximum(mse, 1e-10)))
-    np.testing.assert_allclose(report["per_frame"]["motion_psnr"], np.nanmean(expected[order], axis=0), rtol=1e-10)
+    np.testing.assert_allclose(report["per_frame"]["motion_psnr"], np.nanmean(expected[order], axis=0), rtol=1e-7)
     assert report["mean"]["baseline_motion_psnr"] < report["mean"]["baseline_psnr"]  # copy-last is wrong there
 
 
@@ -111,7 +114,7 @@ def test_eval_is_the_same_on_one_or_two_ranks_at_any_batch_size(tiny_run, pushin
     two = json.loads((tmp_path / "two.json").read_text())
     keys, _, _ = split_in_manifest_order(pushing_shards, "test")
     assert two["world_size"] == 2 and two["count"] == 5 and two["keys"] == sorted(keys)
-    assert "best-of-3 PSNR" in proc.stdout and proc.stdout.count("frames 3..12") == 1  # the table, printed once
+    assert "best3 PSNR" in proc.stdout and proc.stdout.count("frames 3..12 scored") == 1  # the table, printed once
     runs = {batch: eval_checkpoint(ckpt, pushing_shards, "test", samples=3, seed=5, batch_size=batch,
                                    out=tmp_path / f"one-{batch}.json", quiet=True) for batch in (1, 5)}
     other_seed = eval_checkpoint(ckpt, pushing_shards, "test", samples=3, seed=6, out=tmp_path / "s6.json", quiet=True)
@@ -130,11 +133,15 @@ def test_eval_table_and_default_report_path(tiny_run, pushing_shards):
     proc = run_toolkit("eval", str(tiny_run / "checkpoints" / "best"), "--shards", pushing_shards, "--split",
                        "validate", "--samples", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = tiny_run / "eval" / "best-validate-n2.json"
+    path = tiny_run / "eval" / "best-validate-lab-n2.json"  # the protocol in the name: reports never collide
     assert path.is_file() and f"wrote {path}" in proc.stdout
     lines = proc.stdout.splitlines()
-    assert "best-of-2 PSNR" in lines[1] and "copy-last SSIM" in lines[1]
+    assert "protocol lab (4 videos, 2 context frame(s), frames 3..12 scored, 2 sample(s)" in lines[0]
+    assert "best2 PSNR" in lines[1] and "copy SSIM" in lines[1] and "best motion" in lines[1]
     assert [line.split()[0] for line in lines[2:13]] == [str(f) for f in range(3, 13)] + ["mean"]
+    report = json.loads(path.read_text())
+    psnr = f"  {'PSNR':>16s} {'best of 2':>16s}: {report['mean']['psnr']:.4f} ± {report['ci']['psnr']:.4f} dB"
+    assert lines[13].startswith("means over videos ± 95% interval") and psnr in lines[14:]
     path.unlink()
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from toolkit.eval.metrics import best_of_n, copy_last_frame, masked_psnr, motion_mask, psnr, ssim
-from toolkit.eval.protocol import summarize
+from toolkit.eval.summary import summarize
 
 
 def test_psnr_hand_computed():

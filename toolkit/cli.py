@@ -48,11 +48,20 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.compare:
+        from toolkit.eval.compare import compare, format_comparison
+
+        print(format_comparison(compare(*[side.split(",") for side in args.compare])))
+        return
+    if not args.checkpoint or not args.shards:
+        raise ToolkitError("cvae eval needs a CHECKPOINT and --shards (or --compare A.json B.json)")
     from toolkit.eval.report import eval_checkpoint
 
-    eval_checkpoint(args.checkpoint, args.shards, args.split, samples=args.samples, n_future=args.n_future,
-                    batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit, seed=args.seed,
-                    out=args.json, precision=args.precision)
+    eval_checkpoint(args.checkpoint, args.shards, args.split, protocol=args.protocol, samples=args.samples,
+                    n_future=args.n_future, batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit,
+                    seed=args.seed, out=args.json, precision=args.precision,
+                    skip=tuple(filter(None, args.skip.split(","))), lpips_weights=args.lpips_weights,
+                    i3d_weights=args.i3d_weights)
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -160,24 +169,49 @@ def _add_train(sub) -> None:
     t.set_defaults(func=_train, accepts_overrides=True)
 
 
+EVAL_HELP = """protocols (--protocol; docs/evaluation.md has the sources and which papers used which):
+  lab    the model's own context/predicted frames (2 -> 10 for the lab recipes), --samples N (default 1)
+  svg    SVG/SAVP/SRVP: 2 -> 28 frames, 100 samples, best per metric: PSNR, SSIM, LPIPS (AlexNet)
+  act15  iVideoGPT/MaskViT action-conditioned: 1 -> 15 frames, 100 samples, best per metric (LPIPS VGG),
+         FVD over all samples' 16-frame clips (needs a model trained with data.n_past=1)
+  fvd    SRVP's FVD: 30 frames with the 2 context frames, one sample per video
+
+examples:
+  cvae eval runs/demo/checkpoints/best --shards shards/pushing --protocol svg --skip lpips
+  cvae eval --compare runs/a/eval/best-test-svg-n100.json runs/b/eval/best-test-svg-n100.json
+  cvae eval --compare s1.json,s2.json,s3.json t1.json,t2.json,t3.json     # several seeds per side"""
+
+
 def _add_eval(sub) -> None:
-    e = sub.add_parser("eval", help="evaluate a checkpoint on a split (PSNR/SSIM per frame, best-of-N, baseline)",
+    from toolkit.eval.protocols import PROTOCOLS  # dataclasses only: cheap
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint under a protocol (PSNR/SSIM/LPIPS/FVD, best-of-N)",
                        description="Works alone or under `accelerate launch -m toolkit eval ...` (ranks share the "
-                                   "split; the numbers do not depend on the number of ranks or the batch size).")
-    e.add_argument("checkpoint", help="checkpoint directory, e.g. runs/demo/checkpoints/best")
-    e.add_argument("--shards", required=True, help="shard directory or URL (with manifest.json)")
+                                   "split; the numbers do not depend on the number of ranks or the batch size).",
+                       epilog=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("checkpoint", nargs="?", help="checkpoint directory, e.g. runs/demo/checkpoints/best")
+    e.add_argument("--shards", help="shard directory or URL (with manifest.json)")
     e.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    e.add_argument("--samples", type=int, default=1, help="samples per sequence for best-of-N / mean-of-N")
-    e.add_argument("--n-future", type=int, help="frames to predict (default: the training n_future)")
-    e.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
+    e.add_argument("--protocol", choices=list(PROTOCOLS), default="lab", help="evaluation protocol (default: lab)")
+    e.add_argument("--samples", type=int, help="samples per video (default: the protocol's; lab: 1); other "
+                                               "values than a published protocol's are marked in the report")
+    e.add_argument("--n-future", type=int, help="lab protocol only: frames to predict (default: the training's)")
+    e.add_argument("--skip", default="", help="lpips,fvd: leave these metrics out (e.g. when their weights are "
+                                              "absent); the report says so")
+    e.add_argument("--lpips-weights", help="LPIPS backbone file (default: torchvision's cache; cvae weights list)")
+    e.add_argument("--i3d-weights", help="I3D weights for FVD (default: see cvae weights list)")
+    e.add_argument("--batch-size", type=int, default=16, help="videos per batch per process")
     e.add_argument("--num-workers", type=int, default=1, help="loader workers per process")
-    e.add_argument("--limit", type=int, default=0, help="evaluate the first N sequences only (0: all)")
+    e.add_argument("--limit", type=int, default=0, help="evaluate the first N videos only (0: all)")
     e.add_argument("--seed", type=int, default=None,
-                   help="seed of the sampled latents (sample s of sequence KEY draws from (seed, KEY, s): any world "
+                   help="seed of the sampled latents (sample s of video KEY draws from (seed, KEY, s): any world "
                         "size or batch size agrees); default: the run's train.seed, as its validations")
     e.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no",
                    help="no: float32 (the default, as validation during training); bf16/fp16: autocast")
-    e.add_argument("--json", help="report path (default: RUN_DIR/eval/CHECKPOINT-SPLIT-nN.json)")
+    e.add_argument("--json", help="report path (default: RUN_DIR/eval/CHECKPOINT-SPLIT-PROTOCOL-nN.json)")
+    e.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare two sides' reports (each a file or comma-separated files, one per seed): paired "
+                        "differences with 95%% intervals over videos and over seeds")
     e.set_defaults(func=_eval)
 
 

@@ -157,6 +157,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             section, key = dotted.split(".")
             raise ConfigError(f"config: '{dotted}' must be {what}, got {getattr(getattr(cfg, section), key)}")
+    if cfg.data.n_past == 1 and cfg.model.skip_from == "reference":
+        raise ConfigError("config: 'model.skip_from' reference takes the decoder's skips from x_{n_past-2}, which "
+                          "does not exist with data.n_past = 1 (edenton/svg would index the sequence's last frame): "
+                          "use last_context or previous")
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from toolkit.eval.protocols import PROTOCOLS
+
 
 @dataclass
 class DataConfig:
@@ -56,7 +58,7 @@ class ModelConfig:
     """Which frame's encoder features the decoder's skip connections use for predicted frames: `last_context`
     (the paper's wording: x_{n_past-1}; chosen by the ablation in docs/model.md, where it puts the first predicted
     frame above copy-last-frame), `reference` (edenton/svg's code: the context frame before the last,
-    x_{n_past-2}; x_0 when n_past = 1) or `previous` (the input frame of every step: `--last_frame_skip`)."""
+    x_{n_past-2}; not with n_past = 1) or `previous` (the input frame of every step: `--last_frame_skip`)."""
     predictor_bn: bool = False
     """BatchNorm1d on the frame predictor's output before its tanh (edenton/svg has it commented out)."""
     bn_stats: str = "step"
@@ -155,6 +157,10 @@ class TrainConfig:
     steps do not update the running statistics at all (nothing reads them before they are replaced)."""
     eval_precision: str = "no"
     """Precision of validation: `no` (float32, as `cvae eval` by default) or `bf16`/`fp16` autocast."""
+    val_protocol: str = "lab"
+    """Evaluation protocol of validation (`cvae eval --protocol`; toolkit/eval/protocols.py): `lab` (the model's
+    own frame counts, one sample) picks the best checkpoint by its best-of-1 PSNR; another protocol must fit the
+    model (e.g. `svg` needs data.n_past = 2) and costs its samples at every validation."""
 
 
 @dataclass
@@ -191,5 +197,6 @@ CHOICES = {
     "schedule.kl_anneal": ("monotonic", "cyclical", "none"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "train.eval_precision": ("no", "bf16", "fp16"),
+    "train.val_protocol": tuple(PROTOCOLS),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }

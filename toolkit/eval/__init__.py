@@ -1,2 +1,3 @@
-"""Evaluation and output: the lab's protocol (`protocol.py`), PSNR/SSIM (`metrics.py`), `cvae eval`
-(`report.py`), `cvae predict`, prediction videos and plots."""
+"""Evaluation and output: the named protocols (`protocols.py`), one protocol over a split (`evaluate.py`,
+`scoring.py`, `summary.py`), PSNR/SSIM (`metrics.py`), LPIPS (`perceptual.py`), FVD (`fvd.py`, `fvd_sets.py`),
+`cvae eval` (`report.py`, `table.py`, `compare.py`), `cvae predict`, prediction videos and plots."""

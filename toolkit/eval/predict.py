@@ -19,7 +19,7 @@ from toolkit.train.checkpoint import load_model
 from toolkit.data.shards import codec
 from toolkit.data.sources.folders import read_sequence_dir
 from toolkit.errors import DataError, ToolkitError
-from toolkit.eval.protocol import batch_noise
+from toolkit.eval.evaluate import batch_noise
 from toolkit.fsutil import atomic_path
 from toolkit.eval.video import compose, save_gif, save_strip, with_context
 

@@ -100,6 +100,8 @@ class SVG(nn.Module):
                                   f"{getattr(cfg, key)!r}")
         if n_past < 1 or cond_dim < 0:
             raise ConfigError(f"model: n_past must be >= 1 and cond_dim >= 0, got {n_past} and {cond_dim}")
+        if n_past == 1 and cfg.skip_from == "reference":
+            raise ConfigError("model: skip_from 'reference' (skips from x_{n_past-2}) needs n_past >= 2")
         self.cfg, self.cond_dim, self.n_past, self.channels = cfg, cond_dim, n_past, channels
         self.encoder = Encoder(cfg.g_dim, channels, cfg.width)
         self.decoder = Decoder(cfg.g_dim, channels, cfg.width)
@@ -118,7 +120,7 @@ class SVG(nn.Module):
         """Index of the frame whose encoder skips the decoder uses at step i (see the module docstring)."""
         if self.cfg.skip_from == "previous" or i < self.n_past:
             return i - 1
-        return self.n_past - 1 if self.cfg.skip_from == "last_context" else max(self.n_past - 2, 0)
+        return self.n_past - 1 if self.cfg.skip_from == "last_context" else self.n_past - 2
 
     def forward(self, frames: torch.Tensor, cond: torch.Tensor, teacher_forcing: bool = True,
                 beta: float | torch.Tensor = 1.0, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

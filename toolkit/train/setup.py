@@ -53,6 +53,10 @@ class Run:
     stop: StopSignal
     meter: Meter
     """The step's device-side sums (one for the whole run: a CUDA graph updates these very tensors)."""
+    val_protocol: object = None
+    """`train.val_protocol` bound to the model and the data (`eval.protocols.bind`)."""
+    val_scorers: tuple = ()
+    """Its LPIPS and FVD scorers (`eval.report.load_scorers`), loaded once."""
     graphed: graphs.GraphedStep | None = None
     """The CUDA-graph step (`train.cuda_graphs`), or None: eager."""
     stopped: bool = False
@@ -78,6 +82,17 @@ def check_data(cfg: Config, manifest: Manifest) -> None:
             missing = [u for u in manifest.urls(split) if not os.path.exists(u)]
             if missing:
                 raise DataError(f"{missing[0]}: shard listed in the manifest not found ({len(missing)} missing)")
+
+
+def validation_scoring(cfg: Config, manifest: Manifest, args: dict, device: torch.device) -> tuple:
+    """(the bound validation protocol, its scorers): a protocol that does not fit, or a weight file it needs
+    and does not find, stops the run before its first step."""
+    from toolkit.eval.protocols import bind, get_protocol
+    from toolkit.eval.report import load_scorers
+
+    protocol = bind(get_protocol(cfg.train.val_protocol), cfg.data.n_past, cfg.data.n_future, args["cond_dim"],
+                    manifest.seq_len)
+    return protocol, load_scorers(protocol, device, (), None, None)[:2]
 
 
 def model_args(cfg: Config, manifest: Manifest) -> dict:
@@ -172,7 +187,8 @@ def setup(cfg: Config) -> Run:
                                f"train.epoch_size={cfg.train.epoch_size} with optim.grad_accum="
                                f"{cfg.optim.grad_accum}; resume with the values it was trained with")
     run = Run(cfg, acc, model, acc.unwrap_model(model), optimizer, manifest, run_dir, meta, state,
-              RunLog(run_dir, acc.is_main_process), StopSignal(acc.num_processes), Meter(acc.device, acc.num_processes))
+              RunLog(run_dir, acc.is_main_process), StopSignal(acc.num_processes), Meter(acc.device, acc.num_processes),
+              *agreed(acc, lambda: validation_scoring(cfg, manifest, meta["model_args"], acc.device)))
     if cfg.train.cuda_graphs and no_graphs is None:
         d = cfg.data
         run.graphed = graphs.GraphedStep(acc, model, optimizer, run.meter, cfg.optim.grad_clip,

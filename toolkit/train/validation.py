@@ -1,4 +1,4 @@
-"""Validation during training: the whole validation split scored with the lab's protocol (`eval.protocol`), in
+"""Validation during training: the whole validation split scored with `train.val_protocol` (`eval.protocols`), in
 the precision `cvae eval` uses (float32 unless train.eval_precision says otherwise), so the best checkpoint is
 chosen on the numbers `cvae eval` reports; prediction GIFs; the best checkpoint kept.
 """
@@ -6,7 +6,7 @@ chosen on the numbers `cvae eval` reports; prediction GIFs; the best checkpoint 
 from __future__ import annotations
 
 from toolkit.data.loader import eval_loader
-from toolkit.eval.protocol import broadcast_buffers, evaluate
+from toolkit.eval.evaluate import broadcast_buffers, evaluate
 from toolkit.eval.video import compose, save_gif, with_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.setup import Run
@@ -17,15 +17,18 @@ def validate(run: Run) -> None:
     checkpoint when it improved; clears state.validation_due."""
     cfg, acc, state = run.cfg, run.accelerator, run.state
     d, epoch = cfg.data, state.epoch - 1
-    loader = eval_loader(run.manifest, d.val_split, d.batch_size, d.n_past + d.n_future, rank=acc.process_index,
-                         world_size=acc.num_processes, num_workers=d.num_workers, limit=d.val_sequences,
-                         use_cond=d.use_cond)
+    protocol = run.val_protocol
+    loader = eval_loader(run.manifest, d.val_split, d.batch_size, protocol.n_past + protocol.n_future,
+                         rank=acc.process_index, world_size=acc.num_processes, num_workers=d.num_workers,
+                         limit=d.val_sequences, use_cond=d.use_cond)
     broadcast_buffers(run.unwrapped, acc)
     keep = cfg.train.num_gifs if acc.is_main_process else 0
-    result, kept = evaluate(run.unwrapped, loader, acc, d.n_past, d.n_future, seed=cfg.train.seed, keep=keep,
-                            precision=cfg.train.eval_precision)
+    lpips, fvd = run.val_scorers
+    result, kept = evaluate(run.unwrapped, loader, acc, protocol, seed=cfg.train.seed, keep=keep,
+                            precision=cfg.train.eval_precision, lpips=lpips, fvd=fvd)
     run.log.write({"kind": "val", "epoch": epoch, "step": state.global_step, "count": result.count,
-                   "n_past": d.n_past, **result.mean, "psnr_per_frame": result.per_frame["psnr"],
+                   "protocol": protocol.name, "n_past": d.n_past, **result.mean, **result.fvd,
+                   "psnr_per_frame": result.per_frame["psnr"],
                    "ssim_per_frame": result.per_frame["ssim"],
                    "baseline_psnr_per_frame": result.per_frame["baseline_psnr"]})
     values = {f"val/{k}": v for k, v in result.mean.items()}
