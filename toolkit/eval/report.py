@@ -11,6 +11,7 @@ which the report then says.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,14 +125,16 @@ def eval_checkpoint(checkpoint: str | Path, shards: str, split: str = "test", pr
                          use_cond=cond_dim > 0)
     total = len(range(accelerator.process_index, limit or manifest.count(split), accelerator.num_processes))
     bar = _progress(accelerator, total, quiet, f"{protocol}, {bound.samples} sample(s)")
+    start = time.perf_counter()
     result, _ = evaluate(model, loader, accelerator, bound, seed=seed, precision=precision, lpips=lpips, fvd=fvd,
                          progress=bar.update if bar else None)
+    seconds = time.perf_counter() - start
     if bar:
         bar.close()
     report = {"checkpoint": str(checkpoint), "shards": str(shards), "split": split, "protocol": bound.record(),
               "n_past": bound.n_past, "n_future": bound.n_future, "seed": seed, "precision": precision,
               "world_size": accelerator.num_processes, "versions": versions(), "weights": weights,
-              "not_computed": not_computed, **result.to_json()}
+              "not_computed": not_computed, "seconds": round(seconds, 3), **result.to_json()}
     if accelerator.is_main_process:
         path = Path(out) if out else default_report_path(checkpoint, split, protocol, bound.samples)
         atomic_write_text(path, json.dumps(report, indent=2) + "\n")
