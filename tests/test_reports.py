@@ -68,6 +68,8 @@ def test_plot_writes_training_curves_and_per_frame_psnr(tiny_run, pushing_shards
         path = tmp_path / "plots" / name
         with Image.open(path) as img:
             assert path.stat().st_size > 10_000 and img.size[0] > 500 and img.size[1] > 300
+    with Image.open(tmp_path / "plots" / "psnr_per_frame.png") as img:
+        assert img.size[0] > 1000  # a PSNR and an SSIM panel, each with its band over videos
     proc = run_toolkit("plot", str(tmp_path / "nothing-here"))
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
 

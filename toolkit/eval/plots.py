@@ -4,8 +4,9 @@ training_curves.png: MSE, KL loss, validation PSNR (dashed: copy-last-frame), va
 ratio and KL weight over epochs, one colour per run (the curves of the reference lab's report). Runs are labelled
 by their directory names less the `key=value` parts all of them share (sweep runs are named that way); runs
 that differ only in `seed=N` are drawn as their mean with a band from the lowest to the highest seed.
-psnr_per_frame.png: PSNR per predicted frame from `cvae eval` reports (RUN_DIR/eval/*.json, or JSON files given
-directly) and, without reports, from each run's last validation.
+psnr_per_frame.png: PSNR (and SSIM, LPIPS where the reports have them) per predicted frame from `cvae eval`
+reports (RUN_DIR/eval/*.json, or JSON files given directly), each with its 95% interval over videos as a band,
+and, without reports, from each run's last validation.
 """
 
 from __future__ import annotations
@@ -94,35 +95,58 @@ def plot_training(runs: dict[str, Path], out: Path) -> Path:
     return _save(fig, out / "training_curves.png")
 
 
+METRICS_PER_FRAME = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS (lower is better)"}
+
+
+def _from_report(r: dict) -> dict:
+    """A report's per-frame curves: each metric, its copy-last-frame baseline and its 95% half-widths."""
+    pf = r["per_frame"]
+    curves = {k: pf[k] for k in METRICS_PER_FRAME if k in pf}
+    curves.update({f"baseline_{k}": pf[f"baseline_{k}"] for k in METRICS_PER_FRAME if f"baseline_{k}" in pf})
+    return {"first": r["n_past"] + 1, "ci": r.get("per_frame_ci", {}), **curves}
+
+
 def _per_frame_sources(runs: dict[str, Path], reports: list[Path]) -> list[tuple[str, dict]]:
-    """(label, {"first": frame number, "psnr": [...], "baseline": [...]}) from eval reports or last validations."""
+    """(label, {"first": frame number, METRIC: [...], baseline_METRIC: [...], "ci": {METRIC: [...]}}) from eval
+    reports or, without any, from each run's last validation."""
     found = [(p.stem, json.loads(p.read_text())) for p in reports]
     for label, run in runs.items():
         for p in sorted((run / "eval").glob("*.json")):
             found.append((f"{label}/{p.stem}", json.loads(p.read_text())))
-    curves = [(label, {"first": r["n_past"] + 1, "psnr": r["per_frame"]["psnr"],
-                       "baseline": r["per_frame"]["baseline_psnr"]}) for label, r in found]
+    curves = [(label, _from_report(r)) for label, r in found]
     if not curves:
         for label, run in runs.items():
             val = read_metrics(run, "val")
             if val:
-                curves.append((f"{label} (validation)", {"first": val[-1]["n_past"] + 1,
+                curves.append((f"{label} (validation)", {"first": val[-1]["n_past"] + 1, "ci": {},
                                                          "psnr": val[-1]["psnr_per_frame"],
-                                                         "baseline": val[-1]["baseline_psnr_per_frame"]}))
+                                                         "baseline_psnr": val[-1]["baseline_psnr_per_frame"]}))
     return curves
 
 
 def plot_per_frame(curves: list[tuple[str, dict]], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-    for i, (label, c) in enumerate(curves):
-        frames = list(range(c["first"], c["first"] + len(c["psnr"])))
-        ax.plot(frames, c["psnr"], color=f"C{i % 10}", marker="o", markersize=3, label=label)
-        ax.plot(frames, c["baseline"], color=f"C{i % 10}", linestyle="--", linewidth=1)
-    ax.set_xlabel("frame")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("PSNR per predicted frame; dashed: copy last frame")
-    ax.grid(alpha=0.3)
-    _legend(fig, ax, min(len(curves), 2))
+    """One panel per metric the sources have: best-of-N per predicted frame with its 95% interval over videos
+    as a band (where the report has it), copy-last-frame dashed."""
+    names = [k for k in METRICS_PER_FRAME if any(k in c for _, c in curves)]
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), layout="constrained", squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for i, (label, c) in enumerate(curves):
+            if name not in c:
+                continue
+            frames, colour = list(range(c["first"], c["first"] + len(c[name]))), f"C{i % 10}"
+            ax.plot(frames, c[name], color=colour, marker="o", markersize=3, label=label)
+            if name in c["ci"]:
+                low = [v - h for v, h in zip(c[name], c["ci"][name])]
+                high = [v + h for v, h in zip(c[name], c["ci"][name])]
+                ax.fill_between(frames, low, high, color=colour, alpha=0.2, linewidth=0)
+            if f"baseline_{name}" in c:
+                ax.plot(frames, c[f"baseline_{name}"], color=colour, linestyle="--", linewidth=1)
+        ax.set_xlabel("frame")
+        ax.set_ylabel(METRICS_PER_FRAME[name])
+        ax.set_title(f"{METRICS_PER_FRAME[name]} per predicted frame")
+        ax.grid(alpha=0.3)
+    fig.suptitle("best of N per frame; band: 95% interval over videos; dashed: copy last frame", fontsize=9)
+    _legend(fig, axes[0][0], min(len(curves), 2))
     return _save(fig, out / "psnr_per_frame.png")
 
 
