@@ -42,17 +42,18 @@ def train(cfg: Config) -> dict:
             ckpt.save_checkpoint(run.accelerator, run.run_dir, ckpt.checkpoint_name(run.state.epoch), run.state,
                                  run.meta, cfg.train.keep_last)
         while run.state.epoch < cfg.train.epochs and not run.stopped:
-            seconds, batches = run_epoch(run)
+            timing = run_epoch(run)
             if not run.stopped or run.state.step_in_epoch == cfg.train.epoch_size:
-                end_epoch(run, seconds, batches)
+                end_epoch(run, timing)
     finally:
         run.stop.restore()
     return summarize(run)
 
 
-def run_epoch(run: Run) -> tuple[float, int]:
-    """Train the rest of epoch `state.epoch`; returns (seconds, batches trained). A stop signal ends it early
-    with a mid-epoch checkpoint (unless it came on the last batch: then the epoch is complete)."""
+def run_epoch(run: Run) -> dict:
+    """Train the rest of epoch `state.epoch`; returns {"seconds", "batches" trained, "data_s": seconds spent
+    waiting for batches}. A stop signal ends it early with a mid-epoch checkpoint (unless it came on the last
+    batch: then the epoch is complete)."""
     cfg, state, acc = run.cfg, run.state, run.accelerator
     d, epoch, start = cfg.data, state.epoch, state.step_in_epoch
     loader = train_loader(run.manifest, d.train_split, d.batch_size, cfg.train.epoch_size, d.n_past + d.n_future,
@@ -70,9 +71,12 @@ def run_epoch(run: Run) -> tuple[float, int]:
     bar = tqdm(total=cfg.train.epoch_size, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                disable=not (acc.is_main_process and cfg.train.progress), leave=False, dynamic_ncols=True)
     tic = time.perf_counter()
+    waiting = 0.0
     for i in range(start, cfg.train.epoch_size):
         tfr, beta = schedule_values(cfg.schedule, epoch, i // cfg.optim.grad_accum, steps_per_epoch, cfg.train.epochs)
+        wait = time.perf_counter()
         frames, cond = next(batches).to(acc.device)
+        waiting += time.perf_counter() - wait
         use_tf = teacher_forcing_on(cfg.train.seed, state.global_step, tfr)
         # the learning rate is a pure function of the step: nothing to checkpoint
         lr = learning_rate(cfg.optim, state.global_step, steps_per_epoch * cfg.train.epochs)
@@ -101,7 +105,7 @@ def run_epoch(run: Run) -> tuple[float, int]:
                                     run.meta, cfg.train.keep_last)
         run.say(f"stopped by a signal in epoch {epoch + 1} after batch {state.step_in_epoch}: saved {path}; "
                 "continue with --train.resume=auto")
-    return seconds, state.step_in_epoch - start
+    return {"seconds": seconds, "batches": state.step_in_epoch - start, "data_s": waiting}
 
 
 def motion_text(val: dict) -> str:
@@ -139,37 +143,53 @@ def check_nonfinite(run: Run, skipped: int) -> None:
                            f"{last[-1] if last else 'none'}. Try a lower optim.lr or set optim.grad_clip")
 
 
-def end_epoch(run: Run, seconds: float, batches: int) -> None:
-    """The epoch record, validation (deferred to the resumed run when a signal stopped this one), checkpoints."""
+def end_epoch(run: Run, timing: dict) -> None:
+    """The epoch record, validation (deferred to the resumed run when a signal stopped this one), checkpoints,
+    then the perf record: throughput and where the epoch's time went (training, waiting for data, BatchNorm
+    re-estimation, validation, checkpoint)."""
     cfg, state = run.cfg, run.state
     sums = dict(zip(EPOCH_SUMS, state.epoch_sums))
     n = max(sums["batches"], 1)
     record = {"kind": "epoch", "epoch": state.epoch, "step": state.global_step, "loss": sums["loss"] / n,
               "mse": sums["mse"] / n, "kld": sums["kld"] / n, **state.schedule,
               "lr": float(run.optimizer.param_groups[0]["lr"]), "nonfinite": state.nonfinite}
+    run.log.write(record)
+    run.accelerator.log({f"epoch/{k}": v for k, v in record.items() if k not in ("kind", "step")},
+                        step=state.global_step)
     perf = {"kind": "perf", "epoch": state.epoch, "step": state.global_step,
-            "seq_per_s": batches * cfg.data.batch_size * run.accelerator.num_processes / max(seconds, 1e-9),
-            "rss_mb": resident_mb()}  # measurements: the only records that differ between identical runs
-    for r in (record, perf):
-        run.log.write(r)
-        run.accelerator.log({f"{r['kind']}/{k}": v for k, v in r.items() if k not in ("kind", "step")},
-                            step=state.global_step)
+            "seq_per_s": timing["batches"] * cfg.data.batch_size * run.accelerator.num_processes
+            / max(timing["seconds"], 1e-9), "train_s": timing["seconds"], "data_s": timing["data_s"]}
     state.epoch, state.step_in_epoch, state.epoch_sums = state.epoch + 1, 0, []
+    perf.update(_after_epoch(run))
+    perf["rss_mb"] = resident_mb()  # measurements: the only records that differ between identical runs
+    run.log.write(perf)
+    run.accelerator.log({f"perf/{k}": v for k, v in perf.items() if k not in ("kind", "step")}, step=perf["step"])
+
+
+def _after_epoch(run: Run) -> dict:
+    """BatchNorm re-estimation, validation and checkpoint as due; returns the seconds each took."""
+    cfg, state = run.cfg, run.state
     last_epoch = state.epoch == cfg.train.epochs
     validating = state.epoch % cfg.train.eval_every == 0 or last_epoch
     saving = state.epoch % cfg.train.checkpoint_every == 0 or last_epoch or run.stopped
+    times = {"bn_s": 0.0, "val_s": 0.0, "ckpt_s": 0.0}
+    tic = time.perf_counter()
     if validating or saving:
         reestimate_batchnorm(run.unwrapped, run.manifest, cfg, run.accelerator, state.epoch, cfg.train.bn_batches)
+        times["bn_s"], tic = time.perf_counter() - tic, time.perf_counter()
     if validating:
         state.validation_due = True
         if not run.stopped:
             validate(run)
+        times["val_s"], tic = time.perf_counter() - tic, time.perf_counter()
     if saving:
         path = ckpt.save_checkpoint(run.accelerator, run.run_dir, ckpt.checkpoint_name(state.epoch), state, run.meta,
                                     cfg.train.keep_last)
+        times["ckpt_s"] = time.perf_counter() - tic
         if run.stopped:
             run.say(f"stopped by a signal at the end of epoch {state.epoch}: saved {path}; continue with "
                     "--train.resume=auto")
+    return times
 
 
 def resident_mb() -> float:
