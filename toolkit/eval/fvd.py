@@ -19,13 +19,16 @@ Resize: `resize="torch"` (default) is F.interpolate(mode="bilinear", align_corne
 centres, source coordinate (dst + 0.5) * in / out - 0.5. The original FVD used TF1's
 `tf.image.resize_bilinear(align_corners=False)`, whose half_pixel_centers=False puts the source coordinate at
 dst * in / out (no shift, clamped at the last pixel): the picture moves by half a source pixel minus half a
-target pixel. `resize="tf1"` is that resize (`tf1_resize_bilinear`). Measured by benchmarks/fvd_resize.py on
-random 64x64 videos upsampled to 224 (16 frames, seed 0, CPU float32):
-uniform-noise videos: mean |torch - tf1| = 0.284 in [-1, 1] units, smooth videos (8x8 noise upsampled): 0.031;
-FVD between the two preprocessings of the same 64 videos with a random-weights I3D (ddof=1): 1.3e-4 (noise)
-and 7.4e-6 (smooth), against 1.9e-3 and 3.6e-4 between two independent sets of 64 such videos: the resize moves
-FVD by a small fraction of the sampling spread at these scales, but not by nothing; use `resize="tf1"` to follow
-the original FVD exactly. (Random weights only say how different the inputs are; trained-I3D figures differ.)
+target pixel (0.36 source pixels at 64 -> 224). `resize="tf1"` is that resize (`tf1_resize_bilinear`).
+Measured by benchmarks/fvd_resize.py (32 random 64x64 videos of 16 frames per set, seed 0, CPU float32; a
+random-weights I3D with calibrated BatchNorm statistics, since no trained weights are here):
+- uniform-noise videos: mean |torch - tf1| = 0.240 in [-1, 1] units; FVD between the two preprocessings of the
+  same videos 1.89, against 1.72 between two independent sets of such videos (same net, torch resize);
+- smooth videos (8x8 noise upsampled, closer to BAIR): mean |torch - tf1| = 0.039; FVD 1.61 against 2.84.
+The pixel difference is small on smooth frames but it is a coherent shift, which the 3D convolutions see: with
+this net the resize alone moves FVD as far as drawing another set of 32 videos does, and being systematic it
+does not shrink with more videos as the sampling spread does. Trained-I3D figures will differ; to follow the
+original FVD, use `resize="tf1"`; to compare with cd-fvd's PyTorch FVD, the default.
 """
 
 from __future__ import annotations
@@ -114,8 +117,9 @@ def preprocess(videos: torch.Tensor, resize: str = "torch") -> torch.Tensor:
 def i3d_features(net: torch.nn.Module, videos: torch.Tensor, chunk: int = 8, resize: str = "torch") -> torch.Tensor:
     """I3D features [N, 400] (float64, on `videos`' device) of videos [N, T, 3, H, W] in [0, 1], T >= 9.
 
-    `chunk` videos at a time are moved to the net's device and preprocessed there (224x224 float32 frames:
-    about 19 MB per video of 16 frames); a video's features do not depend on `chunk`.
+    `chunk` videos at a time are moved to the net's device and preprocessed there (bounds the memory: the
+    224x224 float32 input alone is 9.6 MB per video of 16 frames); a video's features do not depend on `chunk`
+    beyond float32 rounding. `resize`: "torch" (cd-fvd's) or "tf1" (the original FVD's), module docstring.
     """
     if videos.dim() != 5 or videos.shape[2] != 3:
         raise ValueError(f"i3d_features: need videos [N, T, 3, H, W], got {tuple(videos.shape)}")

@@ -10,6 +10,7 @@ downloaded here: `cvae weights fetch alexnet` does that); the linear layers ship
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,8 +64,6 @@ def load_lpips(device: torch.device | str, backbone: str | os.PathLike | None = 
     path = weights.resolve("alexnet", backbone)
     record = weights.check("alexnet", path)
     state = backbone_state(path)
-    import warnings
-
     with warnings.catch_warnings():  # torchvision's deprecation of `pretrained=`, which lpips passes
         warnings.simplefilter("ignore", UserWarning)
         # pnet_rand: a random backbone, so that lpips never downloads one; the real one is loaded below.
