@@ -165,6 +165,8 @@ def test_i3d_features_are_cd_fvds_logits_of_its_preprocessing(i3d_file):
     assert (ours[0] - ours[1]).abs().max() > 1e-2 * scale and (ours - theirs).abs().max() < 1e-5 * scale
     with pytest.raises(ToolkitError, match="at least 9 frames"):
         i3d_features(net, videos[:, :8])
+    eps = {m.eps for m in load_i3d(i3d_file, "cpu", bn_eps=1e-3).modules() if isinstance(m, torch.nn.BatchNorm3d)}
+    assert eps == {1e-3} and {m.eps for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)} == {1e-5}
 
 
 def test_i3d_weight_files_are_checked(tmp_path, monkeypatch):
