@@ -77,6 +77,18 @@ def _plot(args: argparse.Namespace) -> None:
     plot(args.paths, args.out)
 
 
+def _weights_fetch(args: argparse.Namespace) -> None:
+    from toolkit.eval.weights import fetch
+
+    fetch(args.names, dest=args.dest, base_url=args.base_url, progress=not args.quiet)
+
+
+def _weights_list(args: argparse.Namespace) -> None:
+    from toolkit.eval.weights import list_weights
+
+    list_weights(args.dest)
+
+
 def _sweep_local(args: argparse.Namespace) -> None:
     from toolkit.sweep.runner import local_sweep
 
@@ -233,6 +245,28 @@ def _add_predict_and_plot(sub) -> None:
     pl.set_defaults(func=_plot)
 
 
+WEIGHTS_HELP = """files (cvae weights list shows where each one goes and whether it is there and verified):
+  alexnet  torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth): the LPIPS backbone
+  i3d      TATS's I3D Kinetics-400 (i3d_pretrained_400.pt, from TF-Hub i3d-kinetics-400/1): FVD's features
+default directory: $CVAE_WEIGHTS_DIR, else torch's hub cache ($TORCH_HOME/hub/checkpoints, ~/.cache/torch/...)"""
+
+
+def _add_weights(sub) -> None:
+    w = sub.add_parser("weights", help="pretrained weight files of the LPIPS and FVD metrics: fetch, list",
+                       epilog=WEIGHTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ws = w.add_subparsers(dest="weights_command", required=True)
+    f = ws.add_parser("fetch", help="download weight files, check them (sha256 / git blob id), write atomically",
+                      epilog=WEIGHTS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("names", nargs="*", metavar="NAME", help="alexnet, i3d (default: all)")
+    f.add_argument("--dest", help="directory to write to (default: where the metrics look, see below)")
+    f.add_argument("--base-url", help="a mirror: fetch BASE_URL/FILE_NAME instead of each file's own URL")
+    f.add_argument("--quiet", action="store_true", help="no progress line")
+    f.set_defaults(func=_weights_fetch)
+    ls = ws.add_parser("list", help="each weight file's path, whether it is present and verified, its sha256")
+    ls.add_argument("--dest", help="directory to look in (default: where the metrics look)")
+    ls.set_defaults(func=_weights_list)
+
+
 def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="W&B sweeps without a server").add_subparsers(dest="sweep_command", required=True)
     sl = sw.add_parser("local", help="run a sweep YAML's configurations one after another and tabulate them",
@@ -251,7 +285,8 @@ def _add_sweep(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvae", description="Stochastic video prediction with a conditional VAE (SVG).")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_shards, _add_train, _add_eval, _add_predict_and_plot, _add_sweep):
+    for add in (_add_synth, _add_shards, _add_train, _add_eval, _add_predict_and_plot, _add_sweep,
+                _add_weights):
         add(sub)
     return p
 

@@ -26,7 +26,7 @@ class FVDSets:
 
     def add_real(self, clips: torch.Tensor) -> None:
         """True clips [B, n_past + n_future, C, H, W] in [0, 1]."""
-        self.real.add(self.fvd.i3d_features(self.net, clips))
+        self.real.add(self.fvd.i3d_features(self.net, clips, resize=self.spec.resize_mode))
 
     def add_generated(self, past: torch.Tensor, preds: torch.Tensor, chunk: range) -> None:
         """Predictions [S, B, n_future, C, H, W] of samples `chunk`, each after the context past [B, n_past, ...]."""
@@ -36,7 +36,7 @@ class FVDSets:
             preds = preds[:1]
         S = preds.shape[0]
         clips = torch.cat([past.expand(S, *past.shape), preds], dim=2).flatten(0, 1)
-        self.generated.add(self.fvd.i3d_features(self.net, clips))
+        self.generated.add(self.fvd.i3d_features(self.net, clips, resize=self.spec.resize_mode))
 
     def result(self, accelerator: Accelerator) -> dict:
         """{"fvd", "real", "generated"}: the Fréchet distance of the two sets merged over all ranks, and their
@@ -47,5 +47,5 @@ class FVDSets:
             for r, g in parts:
                 self.real.merge(self.fvd.FeatureStats.from_list(r))
                 self.generated.merge(self.fvd.FeatureStats.from_list(g))
-        return {"fvd": self.fvd.frechet_distance(self.real, self.generated), "real": self.real.count,
-                "generated": self.generated.count}
+        distance = self.fvd.frechet_distance(self.real, self.generated, ddof=self.spec.ddof)
+        return {"fvd": distance, "real": self.real.count, "generated": self.generated.count}

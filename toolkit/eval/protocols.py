@@ -13,11 +13,13 @@ Sources (checked against the peers' code, see docs/evaluation.md):
 - `act15`: iVideoGPT (2024) `scripts/evaluation/bair-64-act-cond.sh`, `train_gpt.py` and
   `ivideogpt/utils/video_metric.py`: 1 context frame, 15 predicted with actions, 100 samples, best of 100 per
   metric; PSNR over all channels at once (piqa's), LPIPS with VGG; FVD with every sample's 16-frame clip,
-  context frame included, against each real clip once. Deviation: iVideoGPT averages its frame metrics over all
-  16 frames, its reconstructed context frame included; here only the 15 predicted frames are scored (the
-  context frame is given exactly and would score the PSNR clamp).
-- `fvd`: SRVP (`edouardelasalles/srvp` `test.py`): FVD of all 30 frames, the 2 context frames included, one
-  sample per test video.
+  context frame included, against each real clip once (StyleGAN-V's I3D: torch's resize, covariance over N).
+  Deviation: iVideoGPT averages its frame metrics over all 16 frames, its reconstructed context frame
+  included; here only the 15 predicted frames are scored (the context frame is given exactly and would score
+  the PSNR clamp).
+- `fvd`: SRVP (`edouardelasalles/srvp` `test.py`, `metrics/fvd/score.py`): FVD of all 30 frames, the 2 context
+  frames included, one sample per test video, through the original TF FVD code (TF1's resize, TF-GAN's
+  covariance with N - 1).
 - `lab`: the reference lab's protocol, the toolkit's default and its training-time validation: the model's own
   context and predicted frame counts (2 -> 10 for the lab's recipes), `--samples` samples, best per metric.
 """
@@ -42,6 +44,12 @@ class FVDSpec:
     """`context+future`: each clip is the context frames followed by the predicted (or true) future."""
     samples: str
     """`all`: every sample's clip enters the generated set; `first`: sample 0 only."""
+    resize_mode: str
+    """`tf1`: TF1's resize_bilinear, no half-pixel centres (the original FVD code, SRVP); `torch`:
+    F.interpolate's bilinear with half-pixel centres (StyleGAN-V's TorchScript I3D, iVideoGPT)."""
+    ddof: int
+    """Covariance divisor N - ddof: 1 as TF-GAN (the original FVD), 0 as StyleGAN-V's and iVideoGPT's
+    FeatureStats."""
     resize: int = 224
 
 
@@ -88,11 +96,11 @@ PROTOCOLS = {p.name: p for p in (
              n_past=2, n_future=28, samples=100, metrics=("psnr", "ssim", "lpips")),
     Protocol("act15", "thuml/iVideoGPT scripts/evaluation/bair-64-act-cond.sh, ivideogpt/utils/video_metric.py",
              n_past=1, n_future=15, samples=100, metrics=("psnr", "ssim", "lpips"), psnr="joint", lpips_net="vgg",
-             fvd=FVDSpec(clip="context+future", samples="all"), requires_cond=True,
+             fvd=FVDSpec(clip="context+future", samples="all", resize_mode="torch", ddof=0), requires_cond=True,
              notes="frame metrics over the 15 predicted frames (iVideoGPT: all 16, its context reconstructed)"),
     Protocol("fvd", "edouardelasalles/srvp test.py (FVD of 30-frame videos)",
              n_past=2, n_future=28, samples=1, metrics=("psnr", "ssim"),
-             fvd=FVDSpec(clip="context+future", samples="first")),
+             fvd=FVDSpec(clip="context+future", samples="first", resize_mode="tf1", ddof=1)),
 )}
 
 

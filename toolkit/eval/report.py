@@ -40,11 +40,12 @@ def default_report_path(checkpoint: Path, split: str, protocol: str, samples: in
 
 
 def load_scorers(protocol, device: torch.device, skip: tuple[str, ...], lpips_weights: str | None,
-                 i3d_weights: str | None) -> tuple[object, object, dict, dict]:
-    """(lpips callable or None, FVDSets or None, {metric: why not computed}, {file: sha256}) for the protocol.
+                 i3d_weights: str | None) -> tuple[object, object, dict, list]:
+    """(lpips callable or None, FVDSets or None, {metric: why not computed}, [record of each weight file
+    loaded: path, sha256, check]) for the protocol.
     A weight file that is absent raises ToolkitError naming it, unless its metric is in `skip`."""
     lpips = fvd = None
-    not_computed, weights = {}, {}
+    not_computed, weights = {}, []
     if "lpips" in protocol.metrics:
         if "lpips" in skip:
             not_computed["lpips"] = "left out by --skip lpips"
@@ -52,7 +53,7 @@ def load_scorers(protocol, device: torch.device, skip: tuple[str, ...], lpips_we
             from toolkit.eval import perceptual
 
             net = perceptual.load_lpips(device, lpips_weights, net=protocol.lpips_net)
-            weights.update(net.weight_files)
+            weights += net.weight_records
             lpips = lambda pred, target: perceptual.lpips_per_frame(net, pred, target)  # noqa: E731
     if protocol.fvd is not None:
         if "fvd" in skip:
@@ -62,7 +63,7 @@ def load_scorers(protocol, device: torch.device, skip: tuple[str, ...], lpips_we
             from toolkit.eval.fvd_sets import FVDSets
 
             net = fvd_module.load_i3d(i3d_weights, device)
-            weights.update(net.weight_files)
+            weights += net.weight_records
             fvd = FVDSets(protocol.fvd, net)
     return lpips, fvd, not_computed, weights
 
