@@ -66,31 +66,45 @@ def _valid_gaussian_blur(maps: torch.Tensor) -> torch.Tensor:
 
 
 SSIM_CHUNK = 1024
-"""Channel maps per SSIM pass: bounds the float64 intermediates (5 maps each) to ~200 MB at 64x64."""
+"""Channel maps per SSIM pass: bounds the float64 intermediates to ~200 MB at 64x64."""
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def ssim_reference(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What SSIM needs of the ground truth alone, frames [B, T, C, H, W]: (x, blur(x), blur(x*x)), the maps
+    [B*T*C, H, W] and their Gaussian means (float64). Made once per batch, it serves every sample's SSIM (a
+    third fewer blurs when N samples are scored against one ground truth)."""
+    B, T, C, H, W = target.shape
+    x = target.reshape(B * T * C, H, W).double()
+    blurred = torch.cat([_valid_gaussian_blur(torch.stack([m, m * m], 1).view(-1, H, W)).view(len(m), 2, H - 10, W - 10)
+                         for m in x.split(SSIM_CHUNK)])
+    return x, blurred[:, 0], blurred[:, 1]
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, reference: tuple | None = None) -> torch.Tensor:
     """SSIM [B, T] (float64) of frames [B, T, C, H, W] in [0, 1], exactly the lab's `finn_ssim`.
 
     11x11 Gaussian window (sigma 1.5), 'valid' convolution (no padding; the map is (H-10) x (W-10)), K1 = 0.01,
     K2 = 0.03, L = 1, float64; the map is averaged per channel (a NaN channel counts as -1, as in
-    `finn_eval_seq`), then over channels. Computed `SSIM_CHUNK` channel maps at a time.
+    `finn_eval_seq`), then over channels. Computed `SSIM_CHUNK` channel maps at a time; `reference`:
+    `ssim_reference(target)`, when several predictions are scored against one target.
     """
     _check(pred, target, "ssim")
     B, T, C, H, W = pred.shape
-    x, y = target.reshape(B * T * C, H, W), pred.reshape(B * T * C, H, W)
-    per_channel = torch.cat([_ssim_maps(x[i:i + SSIM_CHUNK].double(), y[i:i + SSIM_CHUNK].double())
+    x, mu1, xx = reference if reference is not None else ssim_reference(target)
+    y = pred.reshape(B * T * C, H, W)
+    per_channel = torch.cat([_ssim_maps(x[i:i + SSIM_CHUNK], mu1[i:i + SSIM_CHUNK], xx[i:i + SSIM_CHUNK],
+                                        y[i:i + SSIM_CHUNK].double())
                              for i in range(0, B * T * C, SSIM_CHUNK)]).view(B, T, C)
     per_channel = torch.where(torch.isnan(per_channel), torch.full_like(per_channel, -1.0), per_channel)
     return per_channel.mean(dim=2)
 
 
-def _ssim_maps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of each pair of maps x, y [N, H, W] (float64) -> [N]."""
+def _ssim_maps(x: torch.Tensor, mu1: torch.Tensor, xx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of each pair of maps x, y [N, H, W] (float64), given x's blurred mean and square -> [N]."""
     N, H, W = x.shape
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
-    stats = _valid_gaussian_blur(torch.stack([x, y, x * x, y * y, x * y], 1).view(-1, H, W))
-    mu1, mu2, xx, yy, xy = stats.view(N, 5, *stats.shape[1:]).unbind(1)
+    stats = _valid_gaussian_blur(torch.stack([y, y * y, x * y], 1).view(-1, H, W))
+    mu2, yy, xy = stats.view(N, 3, *stats.shape[1:]).unbind(1)
     mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
     s1, s2, s12 = xx - mu1_sq, yy - mu2_sq, xy - mu1_mu2
     ssim_map = ((2 * mu1_mu2 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))

@@ -25,6 +25,7 @@ class BatchScores:
         self.per_channel = protocol.psnr == "per_channel"
         self.past, self.future, self.lpips = past, future, lpips
         self.moving = metrics.motion_mask(past[:, -1], future)
+        self.ssim_reference = metrics.ssim_reference(future) if "ssim" in self.metrics else None
         self.count = 0
         self.best: dict[str, torch.Tensor] = {}  # metric -> [B, T] of the chosen sample
         self.key: dict[str, torch.Tensor] = {}  # metric -> [B] its mean over frames
@@ -37,7 +38,7 @@ class BatchScores:
         """Each metric of predictions [B, T, C, H, W] against the future: {metric: [B, T] float64}."""
         out = {"psnr": metrics.psnr(preds, self.future, per_channel=self.per_channel)}
         if "ssim" in self.metrics:
-            out["ssim"] = metrics.ssim(preds, self.future)
+            out["ssim"] = metrics.ssim(preds, self.future, self.ssim_reference)
         if "lpips" in self.metrics:
             out["lpips"] = self.lpips(preds, self.future)
         return out
