@@ -47,12 +47,13 @@ def unavailable(cfg, accelerator: Accelerator) -> str | None:
 
 
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:
-    """Tensor learning rates and `capturable` on every param group, also after a checkpoint's param groups
-    (saved by an eager run) replaced them."""
+    """A float32 tensor learning rate on the parameters' device and `capturable` on every param group, also
+    after a checkpoint's param groups replaced them: an eager run saved floats, and accelerate loads a graphed
+    run's tensors onto the CPU (`map_location="cpu"`). Fused Adam reads a CPU tensor lr on the host, so a graph
+    would keep the value it had at capture and the schedule would stop there. A tensor already in place is
+    kept (`set_learning_rate` fills it)."""
     for group in optimizer.param_groups:
-        device = group["params"][0].device
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32).to(group["params"][0].device)
         group["capturable"] = True
 
 
