@@ -16,6 +16,13 @@ thousand (the eager step is launch-bound on a GPU at small batches). Following P
 - Warm-up: each mode runs `WARMUP` eager steps (real training steps, on a side stream) before its capture;
   with DDP at least 11, as the DDP notes require, DDP is constructed on a side stream and NCCL's asynchronous
   error handling is off (`TORCH_NCCL_ASYNC_ERROR_HANDLING=0`, set before the process group exists).
+- Capture mode "thread_local" (`CAPTURE_ERROR_MODE`), not the default "global": under "global" a potentially
+  unsafe CUDA call from *any* thread during a capture (`cudaHostAlloc`, `cudaEventQuery`, `cudaMalloc`) fails
+  or invalidates it, and the loader's pin-memory thread makes such calls whenever it pins a batch
+  (`data/loader.py`: `pin_memory` on a GPU, with loader workers). "thread_local" still refuses them in the
+  capturing thread, where they would break the graph; other threads work on their own (non-blocking) streams,
+  which the capture neither records nor waits for. PyTorch's own captures (inductor's CUDA-graph trees) use
+  "thread_local"; `torch.cuda.graph`'s documentation describes the three modes.
 - Not with a gradient scaler (fp16: `GradScaler.step` synchronizes), gradient accumulation (the graph would
   change from step to step) or a CPU: `unavailable` says why in one line and the run stays eager.
 """
@@ -28,6 +35,9 @@ import torch
 from accelerate import Accelerator
 
 from toolkit.train.step import Meter
+
+CAPTURE_ERROR_MODE = "thread_local"
+"""`torch.cuda.graph(capture_error_mode=...)`: only this thread's unsafe CUDA calls break a capture (above)."""
 
 WARMUP = 11
 """Eager steps per teacher-forcing mode before its capture (PyTorch's DDP requirement; enough without DDP)."""
@@ -101,7 +111,7 @@ class GraphedStep:
     def _capture(self, teacher_forcing: bool) -> None:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=CAPTURE_ERROR_MODE):
             self._body(teacher_forcing)
         self.pool = graph.pool()
         self.graphs[teacher_forcing] = graph
