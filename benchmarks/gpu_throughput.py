@@ -12,8 +12,8 @@ step beside its wall time (kernel time / wall time near 1: compute-bound; far be
 and the top kernels. Then per variant: ms/step (median of `--rounds` rounds of `--steps` steps after the
 warm-up), sequences/s, MFU = the FLOPs of one step (forward and backward, counted by torch's FlopCounterMode in
 bf16) x steps/s / the GPU's dense bf16 peak, and the peak GPU memory allocated (GiB). On a CPU (`--device cpu`,
-for the plumbing of benchmarks/gpu_check.sh's dry run) graphs are skipped with a line, and neither MFU nor
-memory is measured.
+for the plumbing of benchmarks/gpu_check.sh's dry run) the step runs in float32, graphs are skipped with a line,
+and neither MFU nor memory is measured.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def step_fn(mode: str, model, size: int, teacher_forcing: bool, device: str = "c
     from toolkit.train.graphs import GraphedStep
     from toolkit.train.step import Meter, make_optimizer, train_micro_batch
 
-    acc = Accelerator(cpu=device == "cpu", mixed_precision="bf16",
+    acc = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if device == "cuda" else "no",
                       kwargs_handlers=[AutocastKwargs(cache_enabled=mode != "graphs")])
     track_running_stats(model, False)  # as the trainer with train.bn_batches > 0
     if mode == "compile":
@@ -63,7 +63,7 @@ def count_flops(model, size: int, teacher_forcing: bool, device: str = "cuda") -
     from torch.utils.flop_counter import FlopCounterMode
 
     frames, cond = batch(size, device)
-    with FlopCounterMode(display=False) as counter, torch.autocast(device, dtype=torch.bfloat16):
+    with FlopCounterMode(display=False) as counter, torch.autocast(device, torch.bfloat16, device == "cuda"):
         model(frames, cond, teacher_forcing, 1e-4)["loss"].backward()
     return float(counter.get_total_flops())
 
@@ -87,7 +87,7 @@ def timed(fn, warmup: int, rounds: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def profile(fn, steps: int = 5) -> None:
+def profile(fn, steps: int) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     sync()
@@ -146,7 +146,7 @@ def main() -> None:
             print(f"# {mode}, batch {sizes[0]}, teacher forcing on", flush=True)
             fn = step_fn(mode, copy.deepcopy(base), sizes[0], True, args.device)
             timed(fn, args.warmup, 1, 1)
-            profile(fn)
+            profile(fn, 5 if args.device == "cuda" else 1)
     print(f"{'batch':>5} {'mode':<8} {'teacher forcing':>15} {'ms/step':>9} {'seq/s':>8} {'TFLOP/step':>11} {'MFU':>7} "
           f"{'peak GiB':>8}", flush=True)
     for size in sizes:
