@@ -99,8 +99,9 @@ def test_graphed_steps_train_as_eager_steps():
 
 
 def test_graphed_ddp_steps_train_as_eager_ddp_steps():
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])  # the carried wheels' folder too
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_graph_worker.py")], capture_output=True,
-                          text=True, cwd=REPO, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          text=True, cwd=REPO, timeout=600, env={**os.environ, "PYTHONPATH": path})
     print(proc.stdout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "graphed DDP steps train as eager DDP steps" in proc.stdout
@@ -129,6 +130,7 @@ def test_a_capture_beside_a_pinning_thread_succeeds():
                 with torch.cuda.stream(stream):
                     host.to(acc.device, non_blocking=True)
                 stream.synchronize()
+                time.sleep(0.001)  # a loader's pace, and the GIL for the steps
         except Exception as e:  # reported by the assertion below
             errors.append(e)
 
