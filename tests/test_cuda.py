@@ -71,20 +71,26 @@ def test_eval_on_the_gpu_agrees_with_the_cpu(tiny_run, pushing_shards, tmp_path)
 BF16_LOSS_RTOL = graph_steps.LOSS_RTOL
 
 
+@pytest.fixture
 def bf16_accelerator():
-    """What the trainer makes for graphs in bf16: autocast without its weight-cast cache (one per test; they
-    share accelerate's process-wide state, which allows one mixed precision per process)."""
+    """What the trainer makes for graphs in bf16: autocast without its weight-cast cache. Accelerate's state is
+    process-wide and refuses another precision or device once made, so it is reset before and after."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import AutocastKwargs
 
-    return Accelerator(mixed_precision="bf16", kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield Accelerator(mixed_precision="bf16", kwargs_handlers=[AutocastKwargs(cache_enabled=False)])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
-def test_graphed_steps_train_as_eager_steps():
+def test_graphed_steps_train_as_eager_steps(bf16_accelerator):
     from toolkit.train.graphs import GraphedStep
     from toolkit.train.step import Meter, make_optimizer, train_micro_batch
 
-    acc = bf16_accelerator()
+    acc = bf16_accelerator
     runs, initial = {}, [p.detach().double() for p in graph_steps.tiny_svg().parameters()]
     for graphed in (False, True):
         model = graph_steps.tiny_svg()
@@ -107,14 +113,14 @@ def test_graphed_ddp_steps_train_as_eager_ddp_steps():
     assert "graphed DDP steps train as eager DDP steps" in proc.stdout
 
 
-def test_a_capture_beside_a_pinning_thread_succeeds():
+def test_a_capture_beside_a_pinning_thread_succeeds(bf16_accelerator):
     # what the loader's pin-memory thread does (data/loader.py with workers on a GPU), without pause: pin a
     # batch of a new size (cudaHostAlloc until every size is cached, cudaEventQuery on each reuse) and copy it
     # on its own stream; under capture_error_mode="global" such calls from another thread break a capture
     from toolkit.train.graphs import CAPTURE_ERROR_MODE, GraphedStep
     from toolkit.train.step import Meter, make_optimizer
 
-    acc = bf16_accelerator()
+    acc = bf16_accelerator
     model = graph_steps.tiny_svg()
     model, optimizer = acc.prepare(model, make_optimizer(model, 1e-3, (0.9, 0.999), 0.0, acc.device, True))
     meter = Meter(acc.device, 1)
@@ -158,13 +164,13 @@ def test_a_capture_beside_a_pinning_thread_succeeds():
     assert during > 0, "no batch was pinned during a capture: nothing was tested"
 
 
-def test_a_resumed_graph_reads_the_learning_rate_it_is_given(tmp_path):
+def test_a_resumed_graph_reads_the_learning_rate_it_is_given(tmp_path, bf16_accelerator):
     # a resumed run's param groups come from optimizer.bin, loaded onto the CPU by accelerate; a graph that
     # captured a CPU learning rate would keep its capture-time value whatever the schedule says after
     from toolkit.train.graphs import GraphedStep
     from toolkit.train.step import Meter, make_optimizer, set_learning_rate
 
-    acc = bf16_accelerator()
+    acc = bf16_accelerator
     model = graph_steps.tiny_svg()
     model, optimizer = acc.prepare(model, make_optimizer(model, 1e-3, (0.9, 0.999), 0.0, acc.device, True))
     acc.save_state(str(tmp_path / "ckpt"), safe_serialization=True)
