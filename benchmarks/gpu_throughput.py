@@ -138,7 +138,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     base = make_model(args.model, channels_last=True).to(args.device)
-    print(f"# {gpu}, torch {torch.__version__}, {args.model} model ({base.param_count():,} parameters), bf16, "
+    print(f"# {gpu}, torch {torch.__version__}, {args.model} model ({base.param_count():,} parameters), "
+          f"{'bf16' if args.device == 'cuda' else 'float32'}, "
           f"12 frames; median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up steps", flush=True)
     sizes = [int(b) for b in args.batches.split(",")]
     if args.profile:
