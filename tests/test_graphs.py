@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from conftest import run_toolkit, tiny_recipe
 from toolkit.config import ModelConfig
 from toolkit.model import SVG
-from toolkit.train.graphs import static_step
+from toolkit.train.graphs import make_capturable, static_step
 from toolkit.train.runlog import read_metrics
 from toolkit.train.step import Meter, make_optimizer, train_micro_batch
 
@@ -75,3 +75,29 @@ def test_graphs_refuse_gradient_accumulation_in_one_line(accum):
     assert unavailable(cfg, FakeCuda()) is None
     FakeCuda.scaler = object()
     assert "fp16" in unavailable(cfg, FakeCuda())
+
+
+def test_the_skip_counter_is_zeroed_in_place_where_a_captured_step_writes_it():
+    meter = Meter(torch.device("cpu"), 1)
+    captured = meter.skipped  # the memory a captured step's `skipped +=` was recorded with, replayed ever after
+    meter.close_window(torch.tensor(float("nan")), scaled=False)  # a step skipped for a non-finite gradient
+    assert meter.read()["skipped"] == 1
+    captured += 1  # a replay after the read: the graph adds where it was captured, not to a new tensor
+    assert meter.read()["skipped"] == 1 and meter.read()["skipped"] == 0
+
+
+def test_every_learning_rate_becomes_a_tensor_on_its_parameters_device():
+    # after a resume, param groups come from the checkpoint: floats (an eager run saved them) or CPU tensors
+    # (accelerate loads optimizer.bin with map_location="cpu"); fused Adam reads a CPU tensor lr on the host,
+    # which a graph freezes at its capture. "meta" stands in for the GPU: the only second device on a CPU.
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2, device=device))], "lr": lr}
+              for device, lr in (("cpu", 1e-3), ("cpu", torch.tensor(2e-3)), ("meta", torch.tensor(3e-3)),
+                                 ("meta", 4e-3))]
+    optimizer = torch.optim.Adam(groups)
+    cpu_tensor = optimizer.param_groups[1]["lr"]
+    make_capturable(optimizer)
+    for group, device in zip(optimizer.param_groups, ("cpu", "cpu", "meta", "meta")):
+        assert isinstance(group["lr"], torch.Tensor) and group["lr"].device.type == device and group["capturable"]
+        assert group["lr"].dtype == torch.float32
+    assert [float(g["lr"]) for g in optimizer.param_groups[:2]] == pytest.approx([1e-3, 2e-3], rel=1e-7)
+    assert optimizer.param_groups[1]["lr"] is cpu_tensor  # already in place: kept, so set_learning_rate fills it

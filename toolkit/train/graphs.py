@@ -16,6 +16,13 @@ thousand (the eager step is launch-bound on a GPU at small batches). Following P
 - Warm-up: each mode runs `WARMUP` eager steps (real training steps, on a side stream) before its capture;
   with DDP at least 11, as the DDP notes require, DDP is constructed on a side stream and NCCL's asynchronous
   error handling is off (`TORCH_NCCL_ASYNC_ERROR_HANDLING=0`, set before the process group exists).
+- Capture mode "thread_local" (`CAPTURE_ERROR_MODE`), not the default "global": under "global" a potentially
+  unsafe CUDA call from *any* thread during a capture (`cudaHostAlloc`, `cudaEventQuery`, `cudaMalloc`) fails
+  or invalidates it, and the loader's pin-memory thread makes such calls whenever it pins a batch
+  (`data/loader.py`: `pin_memory` on a GPU, with loader workers). "thread_local" still refuses them in the
+  capturing thread, where they would break the graph; other threads work on their own (non-blocking) streams,
+  which the capture neither records nor waits for. PyTorch's own captures (inductor's CUDA-graph trees) use
+  "thread_local"; `torch.cuda.graph`'s documentation describes the three modes.
 - Not with a gradient scaler (fp16: `GradScaler.step` synchronizes), gradient accumulation (the graph would
   change from step to step) or a CPU: `unavailable` says why in one line and the run stays eager.
 """
@@ -28,6 +35,9 @@ import torch
 from accelerate import Accelerator
 
 from toolkit.train.step import Meter
+
+CAPTURE_ERROR_MODE = "thread_local"
+"""`torch.cuda.graph(capture_error_mode=...)`: only this thread's unsafe CUDA calls break a capture (above)."""
 
 WARMUP = 11
 """Eager steps per teacher-forcing mode before its capture (PyTorch's DDP requirement; enough without DDP)."""
@@ -47,12 +57,13 @@ def unavailable(cfg, accelerator: Accelerator) -> str | None:
 
 
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:
-    """Tensor learning rates and `capturable` on every param group, also after a checkpoint's param groups
-    (saved by an eager run) replaced them."""
+    """A float32 tensor learning rate on the parameters' device and `capturable` on every param group, also
+    after a checkpoint's param groups replaced them: an eager run saved floats, and accelerate loads a graphed
+    run's tensors onto the CPU (`map_location="cpu"`). Fused Adam reads a CPU tensor lr on the host, so a graph
+    would keep the value it had at capture and the schedule would stop there. A tensor already in place is
+    kept (`set_learning_rate` fills it)."""
     for group in optimizer.param_groups:
-        device = group["params"][0].device
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32).to(group["params"][0].device)
         group["capturable"] = True
 
 
@@ -100,7 +111,7 @@ class GraphedStep:
     def _capture(self, teacher_forcing: bool) -> None:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=CAPTURE_ERROR_MODE):
             self._body(teacher_forcing)
         self.pool = graph.pool()
         self.graphs[teacher_forcing] = graph

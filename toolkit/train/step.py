@@ -68,7 +68,7 @@ class Meter:
         """Host copy (the one sync): the last micro-batch's rank means, the epoch sums, steps skipped since the
         previous read."""
         values = torch.cat([self.last, self.epoch, self.skipped[None], self.grad_norm[None]]).tolist()
-        self.skipped = torch.zeros_like(self.skipped)
+        self.skipped.zero_()  # in place: a captured graph keeps adding to this very memory
         loss, mse, kld, bad, tf = values[:5]
         return {"loss": loss / self.world, "mse": mse / self.world, "kld": kld / self.world, "finite": bad == 0,
                 "teacher_forced": tf / self.world, "epoch_sums": values[5:5 + len(EPOCH_SUMS)],
