@@ -30,10 +30,11 @@ def absent_weights(protocol: str) -> list[str]:
     """The protocol's metrics whose weight files are missing here (left out with --skip)."""
     sys.path.insert(0, str(REPO))
     from toolkit.eval import weights
+    from toolkit.eval.perceptual import BACKBONES
     from toolkit.eval.protocols import PROTOCOLS
 
     p, skip = PROTOCOLS[protocol], []
-    if "lpips" in p.metrics and not weights.resolve(f"lpips-{p.lpips_net}").is_file():
+    if "lpips" in p.metrics and not weights.resolve(BACKBONES[p.lpips_net][0]).is_file():
         skip.append("lpips")
     if p.fvd is not None and not weights.resolve("i3d").is_file():
         skip.append("fvd")
