@@ -1,7 +1,7 @@
 """Speed and memory of `cvae eval` under a protocol: videos/s, generated frames/s and peak memory.
 
     python benchmarks/eval_speed.py CHECKPOINT --shards shards/pushing [--protocol svg] [--videos 100]
-        [--processes 1,2] [--batch-size 16] [--rounds 1]
+        [--processes 1,2] [--batch-size 16] [--rounds 1] [--keep REPORT.json]
 
 Runs the real command (`python -m toolkit eval`, or `accelerate launch` with N CPU processes or GPUs) on the
 first --videos test videos, as a user would, and reads the evaluation's own wall time from its report (model
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def run_once(args, processes: int, skip: list[str]) -> dict:
         if proc.returncode != 0:
             sys.exit(f"cvae eval failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-2:]}")
         report = json.loads(out.read_text())
+        if args.keep:
+            shutil.copy(out, args.keep)
     peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # KiB on Linux
     return {"seconds": report["seconds"], "wall": wall, "peak_mib": peak_mib, "count": report["count"],
             "samples": report["samples"], "frames": report["n_future"], "psnr": report["mean"]["psnr"]}
@@ -84,6 +87,7 @@ def main() -> None:
     p.add_argument("--processes", default="1", help="comma-separated process counts (CPU: 1 thread per core each)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--keep", help="copy the last run's report here (the figures behind the table)")
     args = p.parse_args()
     skip = absent_weights(args.protocol)
     print(f"# protocol {args.protocol}, {args.videos} videos of {args.split}, batch {args.batch_size}; "

@@ -77,7 +77,7 @@ def generate_samples(model, past: torch.Tensor, cond: torch.Tensor, keys: list[s
     return preds.float().view(S, B, *preds.shape[1:])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol, seed: int = 0, keep: int = 0,
              precision: str = "no", lpips=None, fvd=None, progress=None) -> tuple[EvalResult, list[tuple]]:
     """Score `model` (unwrapped SVG) under `protocol` (a bound `protocols.Protocol`) on this rank's loader;

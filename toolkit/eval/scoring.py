@@ -50,8 +50,9 @@ class BatchScores:
             for name, value in scores.items():
                 self._keep_best(name, value, pred)
                 self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+            self._add_pixels(pred)
             self.count += 1
-        self._add_diversity(preds)
+        self._add_pairs(preds)
 
     def _keep_best(self, name: str, value: torch.Tensor, pred: torch.Tensor) -> None:
         key = value.mean(dim=1)
@@ -67,10 +68,16 @@ class BatchScores:
             mask = better.view(-1, *[1] * (pred.dim() - 1))
             self.best_frames = pred.clone() if self.best_frames is None else torch.where(mask, pred, self.best_frames)
 
-    def _add_diversity(self, preds: torch.Tensor) -> None:
-        p = preds.double()
-        self.pixel_sum = p.sum(0) if self.pixel_sum is None else self.pixel_sum + p.sum(0)
-        self.pixel_sq = p.square().sum(0) if self.pixel_sq is None else self.pixel_sq + p.square().sum(0)
+    def _add_pixels(self, pred: torch.Tensor) -> None:
+        """Per-pixel sums over samples (float64), one sample at a time: memory of one prediction, not a chunk."""
+        p = pred.double()
+        if self.pixel_sum is None:
+            self.pixel_sum, self.pixel_sq = p.clone(), p.square()
+        else:
+            self.pixel_sum += p
+            self.pixel_sq += p.square_()
+
+    def _add_pairs(self, preds: torch.Tensor) -> None:
         if "lpips" in self.metrics and preds.shape[0] >= 2:
             S = preds.shape[0] // 2 * 2
             a, b = preds[0:S:2].flatten(0, 1), preds[1:S:2].flatten(0, 1)
