@@ -71,6 +71,7 @@ def run_once(args, processes: int, skip: list[str]) -> dict:
             sys.exit(f"cvae eval failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-2:]}")
         report = json.loads(out.read_text())
         if args.keep:
+            Path(args.keep).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(out, args.keep)
     peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # KiB on Linux
     return {"seconds": report["seconds"], "wall": wall, "peak_mib": peak_mib, "count": report["count"],
