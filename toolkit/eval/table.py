@@ -24,6 +24,11 @@ def _number(value: float, width: int = 13) -> str:
     return f"{'-':>{width}s}" if value is None or math.isnan(value) else f"{value:{width}.4f}"
 
 
+def _short(value: float) -> str:
+    """4 decimals, or 3 significant digits for values below 0.01 (the pixel diversity)."""
+    return f"{value:.4f}" if math.isnan(value) or abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
+
+
 def summary_lines(report: dict) -> list[str]:
     """One line per value: its mean ± 95% interval over videos (what a paper's table gives)."""
     n, mean, ci = report["samples"], report["mean"], report["ci"]
@@ -32,7 +37,7 @@ def summary_lines(report: dict) -> list[str]:
         base = key.removeprefix("baseline_").removesuffix("_mean")
         what = ("copy-last-frame" if key.startswith("baseline_") else f"mean of {n}" if key.endswith("_mean")
                 else f"best of {n}" if base in ("psnr", "ssim", "lpips", "motion_psnr") else "over samples")
-        lines.append(f"  {TITLES.get(base, base):>16s} {what:>16s}: {mean[key]:.4f} ± {ci[key]:.4f}"
+        lines.append(f"  {TITLES.get(base, base):>16s} {what:>16s}: {_short(mean[key])} ± {_short(ci[key])}"
                      f"{UNITS.get(base, '')}")
     if report.get("fvd"):
         f = report["fvd"]
