@@ -187,7 +187,8 @@ if [ -n "$newest" ]; then
     part eval 60 "$PY" -m toolkit eval "$newest" --shards "$data" --split validate --json "$OUT/eval.json"
     tail -n 3 "$logs/eval.log" | cut -c1-220 | tee -a "$report"
     if [ -f benchmarks/eval_speed.py ]; then  # the svg protocol's speed on this GPU
-        part eval_speed 60 "$PY" benchmarks/eval_speed.py "$newest" --shards "$data" --protocol svg --videos 32
+        videos=32; [ -n "$DRY" ] && videos=2  # 100 samples x 28 frames each
+        part eval_speed 60 "$PY" benchmarks/eval_speed.py "$newest" --shards "$data" --protocol svg --videos "$videos"
         tail -n 4 "$logs/eval_speed.log" | tee -a "$report"
     fi
 else
