@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from toolkit.eval.scoring import BatchScores
+from toolkit.model.inference import folded
 from toolkit.eval.summary import EvalResult, summarize
 
 MAX_ROWS = 128
@@ -80,7 +81,8 @@ def generate_samples(model, past: torch.Tensor, cond: torch.Tensor, keys: list[s
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol, seed: int = 0, keep: int = 0,
              precision: str = "no", lpips=None, fvd=None, progress=None) -> tuple[EvalResult, list[tuple]]:
-    """Score `model` (unwrapped SVG) under `protocol` (a bound `protocols.Protocol`) on this rank's loader;
+    """Score `model` (unwrapped SVG; a copy with its BatchNorms folded generates, `model` itself is untouched)
+    under `protocol` (a bound `protocols.Protocol`) on this rank's loader;
     returns the gathered result and, on each rank, up to `keep` (key, ground truth [T,C,H,W], the sample best
     by PSNR [n_future,C,H,W]) of its first videos.
 
@@ -88,8 +90,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol,
     default, whatever the training used), so a checkpoint scores the same on any number of ranks and at any
     batch size, during training and in `cvae eval`. `lpips`: (pred, target) -> [B, T] or None; `fvd`: an
     `fvd_sets.FVDSets` or None; `progress`: called with the number of videos after each batch."""
-    was_training = model.training
-    model.eval()
+    generator = folded(model)  # BatchNorm folded into the convolutions: the same function, one pass fewer each
     rows, kept, dtype = [], [], PRECISIONS[precision]
     n_past, n_future = protocol.n_past, protocol.n_future
     for batch in loader:
@@ -97,7 +98,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol,
         past, future = frames[:, :n_past], frames[:, n_past:n_past + n_future]
         scores = BatchScores(protocol, past, future, lpips)
         for chunk in sample_chunks(protocol.samples, len(batch.keys)):
-            preds = generate_samples(model, past, cond, batch.keys, seed, chunk, n_future, dtype)
+            preds = generate_samples(generator, past, cond, batch.keys, seed, chunk, n_future, dtype)
             scores.add(preds)
             if fvd is not None:
                 fvd.add_generated(past, preds, chunk)
@@ -108,8 +109,6 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol,
             kept.append((batch.keys[b], frames[b, :n_past + n_future].cpu(), scores.best_frames[b].cpu()))
         if progress is not None:
             progress(len(batch.keys))
-    if was_training:
-        model.train()
     rows = gather_object(rows) if accelerator.num_processes > 1 else rows
     keys = [r["key"] for r in rows]
     if len(set(keys)) != len(keys):
