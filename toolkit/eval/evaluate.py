@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from toolkit.eval.latent import posterior_rows, summarize_latent
 from toolkit.eval.scoring import BatchScores
 from toolkit.model.inference import folded
 from toolkit.eval.summary import EvalResult, summarize
@@ -91,7 +92,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol,
     batch size, during training and in `cvae eval`. `lpips`: (pred, target) -> [B, T] or None; `fvd`: an
     `fvd_sets.FVDSets` or None; `progress`: called with the number of videos after each batch."""
     generator = folded(model)  # BatchNorm folded into the convolutions: the same function, one pass fewer each
-    rows, kept, dtype = [], [], PRECISIONS[precision]
+    rows, latent, kept, dtype = [], [], [], PRECISIONS[precision]
     n_past, n_future = protocol.n_past, protocol.n_future
     for batch in loader:
         frames, cond = batch.to(accelerator.device)
@@ -105,15 +106,19 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol,
         if fvd is not None:
             fvd.add_real(frames[:, :n_past + n_future])
         rows.extend(scores.rows(batch.keys))
+        latent.extend(posterior_rows(generator, frames[:, :n_past + n_future], cond[:, :n_past + n_future],
+                                     batch.keys))
         for b in range(min(keep - len(kept), len(batch.keys))):
             kept.append((batch.keys[b], frames[b, :n_past + n_future].cpu(), scores.best_frames[b].cpu()))
         if progress is not None:
             progress(len(batch.keys))
-    rows = gather_object(rows) if accelerator.num_processes > 1 else rows
+    if accelerator.num_processes > 1:
+        rows, latent = gather_object(rows), gather_object(latent)
     keys = [r["key"] for r in rows]
     if len(set(keys)) != len(keys):
         raise RuntimeError("evaluation saw a sequence twice: the eval loader is not split correctly by rank")
     result = summarize(rows, protocol.samples)
+    result.latent = summarize_latent(latent)
     if fvd is not None:
         result.fvd = fvd.result(accelerator)
     return result, kept

@@ -41,6 +41,9 @@ class EvalResult:
     (`cvae eval --compare`) of two models on the same videos."""
     fvd: dict = field(default_factory=dict)
     """{"fvd": value, "real": clips, "generated": clips} when the protocol has FVD and it was computed."""
+    latent: dict = field(default_factory=dict)
+    """How much of the latent the model uses (`latent.summarize_latent`): KL per step and per dimension, active
+    units."""
 
     def to_json(self) -> dict:
         return asdict(self)

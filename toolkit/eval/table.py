@@ -42,6 +42,14 @@ def summary_lines(report: dict) -> list[str]:
     if report.get("fvd"):
         f = report["fvd"]
         lines.append(f"  {'FVD':>16s} {'':>16s}: {f['fvd']:.2f} ({f['generated']} generated vs {f['real']} real clips)")
+    if "psnr_mean" in mean and n > 1:
+        lines.append(f"  {'best - mean PSNR':>16s} {f'of {n}':>16s}: {mean['psnr'] - mean['psnr_mean']:.4f} dB "
+                     f"(what the samples add over their average)")
+    latent = report.get("latent")
+    if latent:
+        lines.append(f"  {'latent':>16s} {'posterior':>16s}: {latent['active_units']} of {latent['z_dim']} units "
+                     f"active (posterior-mean variance > 0.01), KL {latent['kl']:.3f} nats per video, per "
+                     f"dimension " + " ".join(f"{v:.3f}" for v in latent["kl_per_dim"]))
     for name, why in report.get("not_computed", {}).items():
         lines.append(f"  {name.upper()} not computed: {why}")
     return lines

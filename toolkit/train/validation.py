@@ -28,10 +28,13 @@ def validate(run: Run) -> None:
                             precision=cfg.train.eval_precision, lpips=lpips, fvd=fvd)
     run.log.write({"kind": "val", "epoch": epoch, "step": state.global_step, "count": result.count,
                    "protocol": protocol.name, "n_past": d.n_past, **result.mean, **result.fvd,
+                   **{k: result.latent[k] for k in ("kl", "active_units", "kl_per_step", "kl_per_dim")
+                      if k in result.latent},
                    "psnr_per_frame": result.per_frame["psnr"],
                    "ssim_per_frame": result.per_frame["ssim"],
                    "baseline_psnr_per_frame": result.per_frame["baseline_psnr"]})
     values = {f"val/{k}": v for k, v in result.mean.items()}
+    values.update({f"val/{k}": result.latent[k] for k in ("kl", "active_units") if k in result.latent})
     values.update({f"val/psnr_frame_{d.n_past + 1 + t:02d}": v  # 1-based frame numbers, as `cvae eval` prints
                    for t, v in enumerate(result.per_frame["psnr"])})
     if kept:
