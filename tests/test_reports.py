@@ -64,7 +64,7 @@ def test_plot_writes_training_curves_and_per_frame_psnr(tiny_run, pushing_shards
                 str(tmp_path / "report.json"))
     proc = run_toolkit("plot", str(tiny_run), str(tmp_path / "report.json"), "--out", str(tmp_path / "plots"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("training_curves.png", "psnr_per_frame.png"):
+    for name in ("training_curves.png", "psnr_per_frame.png", "latent.png"):
         path = tmp_path / "plots" / name
         with Image.open(path) as img:
             assert path.stat().st_size > 10_000 and img.size[0] > 500 and img.size[1] > 300

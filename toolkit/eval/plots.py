@@ -6,7 +6,8 @@ by their directory names less the `key=value` parts all of them share (sweep run
 that differ only in `seed=N` are drawn as their mean with a band from the lowest to the highest seed.
 psnr_per_frame.png: PSNR (and SSIM, LPIPS where the reports have them) per predicted frame from `cvae eval`
 reports (RUN_DIR/eval/*.json, or JSON files given directly), each with its 95% interval over videos as a band,
-and, without reports, from each run's last validation.
+and, without reports, from each run's last validation. latent.png: KL per z dimension and per time step, and
+active units over epochs (`eval/latent.py`), from the reports and the runs' validations.
 """
 
 from __future__ import annotations
@@ -150,6 +151,44 @@ def plot_per_frame(curves: list[tuple[str, dict]], out: Path) -> Path:
     return _save(fig, out / "psnr_per_frame.png")
 
 
+def _latent_sources(runs: dict[str, Path], reports: list[Path]) -> list[tuple[str, dict]]:
+    """(label, {"kl_per_step", "kl_per_dim", "active": [(epoch, active units)]}) from eval reports and the runs'
+    validation records (records written before the latent diagnostics existed have none)."""
+    found = []
+    for p in reports:
+        latent = json.loads(p.read_text()).get("latent")
+        if latent:
+            found.append((p.stem, {**latent, "active": []}))
+    for label, run in runs.items():
+        val = [r for r in read_metrics(run, "val") if "kl_per_dim" in r]
+        if val:
+            found.append((label, {"kl_per_step": val[-1]["kl_per_step"], "kl_per_dim": val[-1]["kl_per_dim"],
+                                  "active": [(r["epoch"] + 1, r["active_units"]) for r in val]}))
+    return found
+
+
+def plot_latent(sources: list[tuple[str, dict]], out: Path) -> Path:
+    """latent.png: KL per z dimension and per time step (the last validation, or the report), active units over
+    epochs: what of the latent the model uses."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), layout="constrained")
+    width = 0.8 / len(sources)
+    for i, (label, s) in enumerate(sources):
+        colour = f"C{i % 10}"
+        dims = range(len(s["kl_per_dim"]))
+        axes[0].bar([d + i * width for d in dims], s["kl_per_dim"], width, color=colour, label=label)
+        axes[1].plot(range(1, len(s["kl_per_step"]) + 1), s["kl_per_step"], color=colour, marker="o", markersize=3)
+        if s["active"]:
+            axes[2].plot(*zip(*s["active"]), color=colour, marker="o", markersize=3)
+    for ax, (title, xlabel) in zip(axes, [("KL per z dimension (nats, mean over steps)", "dimension"),
+                                          ("KL per time step (nats, summed over z)", "step"),
+                                          ("active units (posterior-mean variance > 0.01)", "epoch")]):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    _legend(fig, axes[0], min(len(sources), 3))
+    return _save(fig, out / "latent.png")
+
+
 def plot(paths: list[str | Path], out: str | Path | None = None) -> list[Path]:
     """Plot run directories (and eval report JSONs); returns the written PNG paths."""
     runs, reports = {}, []
@@ -167,6 +206,9 @@ def plot(paths: list[str | Path], out: str | Path | None = None) -> list[Path]:
     curves = _per_frame_sources(runs, reports)
     if curves:
         written.append(plot_per_frame(curves, out))
+    latent = _latent_sources(runs, reports)
+    if latent:
+        written.append(plot_latent(latent, out))
     for path in written:
         print(f"wrote {path}")
     return written
