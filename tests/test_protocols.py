@@ -85,7 +85,7 @@ def test_running_best_of_n_equals_the_argmax_over_all_samples():
             assert rows[b][name] == values[pick(values[:, b].mean(1)), b].tolist()
             assert rows[b][f"{name}_mean"] == pytest.approx(values[:, b].mean(0).tolist(), rel=1e-12)
         std = preds[:, b].double().std(dim=0).mean(dim=(1, 2, 3))  # per-pixel std over samples, ddof 1
-        assert rows[b]["pixel_std"] == pytest.approx(std.tolist(), rel=1e-9)
+        assert rows[b]["pixel_std"] == pytest.approx(std.tolist(), rel=1e-5)  # float32 sums of shifted data
         pairs = torch.stack([distance(preds[k], preds[k + 1])[b] for k in (0, 2, 4)]).mean(0)
         assert rows[b]["lpips_diversity"] == pytest.approx(pairs.tolist(), rel=1e-12)
     assert len({tuple(r["psnr"]) for r in rows}) == 3 and running.count == S

@@ -31,7 +31,7 @@ class BatchScores:
         self.key: dict[str, torch.Tensor] = {}  # metric -> [B] its mean over frames
         self.sums: dict[str, torch.Tensor] = {}  # metric -> [B, T] summed over samples
         self.motion = self.best_frames = None  # of the sample best by PSNR: [B, T] and [B, T, C, H, W]
-        self.pixel_sum = self.pixel_sq = None  # [B, T, C, H, W] float64: per-pixel std over samples
+        self.shift = self.pixel_sum = self.pixel_sq = None  # [B, T, C, H, W]: per-pixel std over samples
         self.pair_lpips, self.pairs = None, 0  # LPIPS between samples 2k and 2k+1: [B, T] summed
 
     def frame_scores(self, preds: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,13 +69,16 @@ class BatchScores:
             self.best_frames = pred.clone() if self.best_frames is None else torch.where(mask, pred, self.best_frames)
 
     def _add_pixels(self, pred: torch.Tensor) -> None:
-        """Per-pixel sums over samples (float64), one sample at a time: memory of one prediction, not a chunk."""
-        p = pred.double()
-        if self.pixel_sum is None:
-            self.pixel_sum, self.pixel_sq = p.clone(), p.square()
-        else:
-            self.pixel_sum += p
-            self.pixel_sq += p.square_()
+        """Per-pixel sums over samples of the difference from sample 0 (the shifted-data variance: the
+        differences are small, so float32 sums of them and of their squares keep the variance to ~1e-6 of
+        itself, where raw sums of squares would cancel), one sample at a time."""
+        if self.shift is None:
+            self.shift = pred.clone()
+            self.pixel_sum, self.pixel_sq = torch.zeros_like(pred), torch.zeros_like(pred)
+            return
+        d = pred - self.shift
+        self.pixel_sum += d
+        self.pixel_sq.addcmul_(d, d)
 
     def _add_pairs(self, preds: torch.Tensor) -> None:
         if "lpips" in self.metrics and preds.shape[0] >= 2:
@@ -92,7 +95,7 @@ class BatchScores:
         n = self.count
         if n < 2:
             return {}
-        var = (self.pixel_sq - self.pixel_sum.square() / n).clamp_min(0) / (n - 1)
+        var = (self.pixel_sq.double() - self.pixel_sum.double().square() / n).clamp_min(0) / (n - 1)
         out = {"pixel_std": var.sqrt().mean(dim=(2, 3, 4))}
         if self.pair_lpips is not None:
             out["lpips_diversity"] = self.pair_lpips / self.pairs
