@@ -66,8 +66,8 @@ def test_the_dry_run_walks_every_part_and_a_part_over_its_limit_is_killed(tmp_pa
     killed = re.search(rf"## {LSTM_TEST}: killed by its timeout after (\d+) s \(limit 2 s\)", report)
     assert killed and int(killed.group(1)) <= 2 + 10 + 2  # the limit, then SIGKILL's grace at most
     parts = re.findall(r"^## (\w+): ok after", report, re.M)
-    assert parts == ["test_graphed_steps_train_as_eager_steps", "throughput", "train", "eval", "cuda_tests",
-                     "compile_test"], report
+    assert parts == ["test_graphed_steps_train_as_eager_steps", "throughput", "train", "eval", "eval_speed",
+                     "cuda_tests", "compile_test"], report
     assert "tests/test_cuda.py::test_graphed_steps_train_as_eager_steps SKIPPED" in report  # node ids that exist
     assert "test_nonfinite_losses_are_skipped_then_abort_keeps_the_last_checkpoint PASSED" in report
     assert "8 skipped" in report and "    2 graphs                on skipped: CUDA graphs need a CUDA device" in report
@@ -79,7 +79,7 @@ def test_the_dry_run_walks_every_part_and_a_part_over_its_limit_is_killed(tmp_pa
     with tarfile.open(out / "logs.tgz") as tar:
         logs = {Path(name).name for name in tar.getnames()}
     assert {"report.txt", "imports.log", "data.log", f"{LSTM_TEST}.log", "throughput.log", "train.log", "eval.log",
-            "cuda_tests.log", "compile_test.log"} <= logs
+            "eval_speed.log", "cuda_tests.log", "compile_test.log"} <= logs
 
 
 def test_a_missing_import_stops_the_check_with_one_report_line(tmp_path):

@@ -79,7 +79,7 @@ def generate_samples(model, past: torch.Tensor, cond: torch.Tensor, keys: list[s
     return preds.float().view(S, B, *preds.shape[1:])
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the model's cached zero states made here are used by training later
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, protocol, seed: int = 0, keep: int = 0,
              precision: str = "no", lpips=None, fvd=None, progress=None) -> tuple[EvalResult, list[tuple]]:
     """Score `model` (unwrapped SVG; a copy with its BatchNorms folded generates, `model` itself is untouched)
