@@ -70,28 +70,57 @@ def _velocity(rng: np.random.Generator, low: int = -MAX_SPEED, high: int = MAX_S
     return int(rng.integers(low, high + 1))
 
 
-def generate_shapes_sequence(seed: int, seq_len: int = 30) -> np.ndarray:
-    """One sequence of two bouncing digits, uint8 [seq_len, 64, 64, 3]; the same seed gives the same frames."""
-    rng = np.random.default_rng(seed)
+def _digit_path(rng: np.random.Generator, seq_len: int, future: np.random.Generator | None = None,
+                n_past: int = 0) -> tuple[int, list[tuple[int, int]]]:
+    """One digit: (glyph index, its top-left corner in each frame). A bounce in frame t >= n_past draws its new
+    velocity from `future` when given (the hidden part of the future, resampled), else from `rng`."""
+    limit = SIZE - DIGIT
+    glyph = int(rng.integers(10))
+    x, y = int(rng.integers(0, limit + 1)), int(rng.integers(0, limit + 1))
+    dx, dy = 0, 0
+    while dx == 0 and dy == 0:
+        dx, dy = _velocity(rng), _velocity(rng)
+    path = []
+    for t in range(seq_len):
+        r = future if future is not None and t >= n_past else rng
+        if y < 0:  # bounce: a new random velocity pointing away from the wall
+            y, dy, dx = 0, _velocity(r, low=1), _velocity(r)
+        elif y > limit:
+            y, dy, dx = limit, _velocity(r, high=-1), _velocity(r)
+        if x < 0:
+            x, dx, dy = 0, _velocity(r, low=1), _velocity(r)
+        elif x > limit:
+            x, dx, dy = limit, _velocity(r, high=-1), _velocity(r)
+        path.append((x, y))
+        x, y = x + dx, y + dy
+    return glyph, path
+
+
+def _draw(paths: list[tuple[int, list[tuple[int, int]]]], seq_len: int) -> np.ndarray:
     glyphs = digit_glyphs()
     frames = np.zeros((seq_len, SIZE, SIZE), dtype=np.uint8)
-    limit = SIZE - DIGIT
-    for _ in range(NUM_DIGITS):
-        glyph = glyphs[int(rng.integers(10))]
-        x, y = int(rng.integers(0, limit + 1)), int(rng.integers(0, limit + 1))
-        dx, dy = 0, 0
-        while dx == 0 and dy == 0:
-            dx, dy = _velocity(rng), _velocity(rng)
-        for t in range(seq_len):
-            if y < 0:  # bounce: a new random velocity pointing away from the wall
-                y, dy, dx = 0, _velocity(rng, low=1), _velocity(rng)
-            elif y > limit:
-                y, dy, dx = limit, _velocity(rng, high=-1), _velocity(rng)
-            if x < 0:
-                x, dx, dy = 0, _velocity(rng, low=1), _velocity(rng)
-            elif x > limit:
-                x, dx, dy = limit, _velocity(rng, high=-1), _velocity(rng)
+    for glyph, path in paths:
+        for t, (x, y) in enumerate(path):
             window = frames[t, y:y + DIGIT, x:x + DIGIT]
-            np.maximum(window, glyph, out=window)
-            x, y = x + dx, y + dy
+            np.maximum(window, glyphs[glyph], out=window)
     return np.repeat(frames[..., None], 3, axis=-1)
+
+
+def generate_shapes_sequence(seed: int, seq_len: int = 30, future: np.random.Generator | None = None,
+                             n_past: int = 0) -> np.ndarray:
+    """One sequence of two bouncing digits, uint8 [seq_len, 64, 64, 3]; the same seed gives the same frames.
+
+    With `future`: the same sequence up to frame n_past - 1, then every bounce's velocity drawn from `future`
+    instead (the true sequence's other draws, the second digit's start, kept): a resampled future."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for _ in range(NUM_DIGITS):
+        start = rng.bit_generator.state
+        true = _digit_path(rng, seq_len)  # advances rng as the true sequence does
+        if future is None:
+            paths.append(true)
+        else:
+            replay = np.random.default_rng()
+            replay.bit_generator.state = start
+            paths.append(_digit_path(replay, seq_len, future, n_past))
+    return _draw(paths, seq_len)

@@ -46,6 +46,8 @@ JITTER_ANGLE = 0.35
 """Standard deviation (radians) of the random turn given to a pushed object's sliding direction."""
 MAX_SLIDE = 0.15
 """Largest sliding speed of an object, world units per frame."""
+FRICTION = (0.15, 0.6)
+"""Range of the per-object friction (fraction of the sliding velocity lost per frame), uniform."""
 
 
 @dataclass
@@ -88,7 +90,7 @@ def make_scene(rng: np.random.Generator) -> Scene:
                 break
         positions[i] = p
     return Scene(background, positions.astype(np.float32), radii.astype(np.float32), corners.astype(np.float32),
-                 np.array(colors, dtype=np.float32), rng.uniform(0.15, 0.6, k).astype(np.float32), eef0,
+                 np.array(colors, dtype=np.float32), rng.uniform(*FRICTION, k).astype(np.float32), eef0,
                  float(rng.choice([-1.0, 1.0])))
 
 
@@ -128,15 +130,21 @@ def sample_actions(rng: np.random.Generator, seq_len: int, start: np.ndarray | N
     return actions
 
 
-def _simulate(scene: Scene, eef: np.ndarray, grip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Object centres float32 [T, K, 2] given the gripper path; rng drives only the contact jitter.
-
-    Points and velocities are complex numbers x + iy; a push's kick is turned and scaled by random noise.
-    """
-    steps, k = len(eef), len(scene.radii)
+def draw_kicks(rng: np.random.Generator, steps: int, k: int) -> np.ndarray:
+    """The random part of the pushes: complex [steps, K], the factor turning and scaling each object's kick at
+    each step (the only draws `rollout`'s rng makes)."""
     jitter = np.exp(1j * JITTER_ANGLE * rng.standard_normal((steps, k)))
     jitter *= np.maximum(0.0, 1.0 + 0.3 * rng.standard_normal((steps, k)))
-    kicks = (CARRY / SUBSTEPS * jitter).tolist()
+    return CARRY / SUBSTEPS * jitter
+
+
+def _simulate(scene: Scene, eef: np.ndarray, grip: np.ndarray, kicks: np.ndarray) -> np.ndarray:
+    """Object centres float32 [T, K, 2] given the gripper path and the kicks (`draw_kicks`).
+
+    Points and velocities are complex numbers x + iy; a push's kick is turned and scaled by the kick factor.
+    """
+    steps, k = len(eef), len(scene.radii)
+    kicks = kicks.tolist()
     pos, vel = [complex(x, y) for x, y in scene.positions.tolist()], [0j] * k
     radii, keep = scene.radii.tolist(), (1.0 - scene.frictions).tolist()
     path = [(complex(x, y), z) for x, y, z in eef.tolist()]
@@ -185,10 +193,12 @@ def _separate(pos: list[complex], vel: list[complex], radii: list[float]) -> Non
                 vel[i], vel[j] = vel[i] - 0.3 * shift, vel[j] + 0.3 * shift
 
 
-def rollout(scene: Scene, actions: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def rollout(scene: Scene, actions: np.ndarray, rng: np.random.Generator | None = None,
+            kicks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Play `actions` [T, 4] in `scene`: frames uint8 [T, 64, 64, 3] and gripper positions eef float32 [T, 3].
 
-    `rng` drives only what the actions do not explain (the jitter of pushed objects).
+    `rng` drives only what the actions do not explain (the jitter of pushed objects, `draw_kicks`); or the
+    kicks are given.
     """
     actions = np.asarray(actions, dtype=np.float32)
     if actions.ndim != 2 or actions.shape[1] != 4 or len(actions) == 0:
@@ -198,7 +208,9 @@ def rollout(scene: Scene, actions: np.ndarray, rng: np.random.Generator) -> tupl
     for t in range(1, len(actions)):
         eef[t] = np.clip(eef[t - 1] + GAIN * actions[t - 1, :3], WORKSPACE_LO, WORKSPACE_HI)
     grip = np.concatenate([[scene.gripper0], actions[:-1, 3]]).astype(np.float32)
-    objects = _simulate(scene, eef, grip, rng)
+    if kicks is None:
+        kicks = draw_kicks(rng, len(actions), len(scene.radii))
+    objects = _simulate(scene, eef, grip, kicks)
     return render(scene, objects, eef, grip), eef
 
 
