@@ -129,6 +129,7 @@ def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path
     assert float(configs[0]["best_psnr_mean"]) == float(runs[0]["best_psnr"])
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n") == 4 and "best val PSNR" in table and "±" not in table  # one seed: no interval
+    assert "active units" in table and float(runs[0]["final_active_units"]) >= 0 and float(runs[0]["final_kl"]) >= 0
     assert (tmp_path / "out" / "training_curves.png").stat().st_size > 10_000
     again = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
     assert again.returncode == 0 and "[1]" not in again.stdout  # finished runs are not run again

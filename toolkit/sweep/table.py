@@ -23,10 +23,13 @@ def summarize_run(run_dir: Path) -> dict:
     final = read_metrics(run_dir, "final")
     if not val:
         return {"status": "failed" if not final else "no validation"}
-    best = max(val, key=lambda r: r["psnr"])
+    best, last = max(val, key=lambda r: r["psnr"]), val[-1]
     return {"status": "done" if ended(final) else "incomplete",
-            "best_psnr": best["psnr"], "best_epoch": best["epoch"] + 1, "final_psnr": val[-1]["psnr"],
-            "final_ssim": val[-1]["ssim"], "baseline_psnr": val[-1]["baseline_psnr"], "epochs": val[-1]["epoch"] + 1}
+            "best_psnr": best["psnr"], "best_epoch": best["epoch"] + 1, "final_psnr": last["psnr"],
+            "final_ssim": last["ssim"], "baseline_psnr": last["baseline_psnr"], "epochs": last["epoch"] + 1,
+            # absent from runs older than the motion-region PSNR and the latent diagnostics
+            "final_motion_psnr": last.get("motion_psnr"), "final_kl": last.get("kl"),
+            "final_active_units": last.get("active_units")}
 
 
 def _group(rows: list[dict], params: list[str]) -> list[tuple[dict, list[dict]]]:
@@ -46,12 +49,15 @@ def _ci_cell(stats: tuple[float, float, int], digits: int) -> str:
 
 
 COLUMNS = [("best_psnr", "best val PSNR", 2), ("final_psnr", "final val PSNR", 2), ("final_ssim", "final SSIM", 3),
-           ("baseline_psnr", "copy-last PSNR", 2)]
+           ("baseline_psnr", "copy-last PSNR", 2), ("final_motion_psnr", "motion PSNR", 2),
+           ("final_kl", "KL (nats/video)", 3), ("final_active_units", "active units", 1)]
+"""Per configuration, over its finished seeds: validation PSNR (best and final), SSIM, copy-last-frame, the
+motion-region PSNR, and how much of the latent is used (its KL per video and its active units, eval/latent.py)."""
 
 
 def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
-    """(Markdown, CSV) with one row per configuration: mean ± 95% CI (Student t over the finished seeds) of the
-    best and final validation PSNR and the final SSIM, the copy-last baseline, n finished runs and the status."""
+    """(Markdown, CSV) with one row per configuration: mean ± 95% CI (Student t over the finished seeds) of each of
+    `COLUMNS`, n finished runs and the status."""
     names = [p for p in params if p != SEED]
     md = ["| " + " | ".join([p.split(".")[-1] for p in names] + [t for _, t, _ in COLUMNS] + ["n", "status"]) + " |",
           "|" + "---|" * (len(names) + len(COLUMNS) + 2)]
@@ -60,7 +66,7 @@ def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
     writer.writerow(names + [f"{c}_{x}" for c, _, _ in COLUMNS for x in ("mean", "ci95")] + ["n", "runs", "status"])
     for config, runs in _group(rows, params):
         done = [r for r in runs if r["status"] == "done"]
-        stats = {c: mean_ci95([r[c] for r in done]) for c, _, _ in COLUMNS}
+        stats = {c: mean_ci95([r[c] for r in done if r.get(c) is not None]) for c, _, _ in COLUMNS}
         status = "done" if len(done) == len(runs) else ", ".join(sorted({r["status"] for r in runs} - {"done"}))
         md.append("| " + " | ".join([str(config[p]) for p in names] + [_ci_cell(stats[c], d) for c, _, d in COLUMNS]
                                     + [str(len(done)), status]) + " |")
@@ -71,7 +77,8 @@ def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
 
 def runs_csv(rows: list[dict], params: list[str]) -> str:
     """One row per run: its parameters and results."""
-    cols = ["best_psnr", "best_epoch", "final_psnr", "final_ssim", "baseline_psnr", "status"]
+    cols = ["best_psnr", "best_epoch", "final_psnr", "final_ssim", "baseline_psnr", "final_motion_psnr", "final_kl",
+            "final_active_units", "status"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["run"] + params + cols)
