@@ -18,6 +18,7 @@ from toolkit.eval.compare import compare
 from toolkit.eval.protocols import MODEL, PROTOCOLS, bind, lab
 from toolkit.eval.scoring import BatchScores
 from toolkit.eval.summary import Z95, half_width, summarize
+from toolkit.train.runlog import read_metrics
 
 
 def test_each_protocol_record_pins_its_published_definition():
@@ -167,3 +168,15 @@ def test_a_model_with_one_context_frame_trains_and_is_scored_under_act15(tmp_pat
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "protocol svg gives the model 2 context frame(s), but this model was trained with data.n_past=1" in \
         refused.stderr and not (tmp_path / "run" / "eval").exists()
+
+
+def test_validation_with_several_samples_logs_the_gap_and_the_latent(tmp_path, pushing_shards):
+    recipe = tiny_recipe(tmp_path / "r.yaml", pushing_shards, tmp_path / "run",
+                         train={"epochs": 1, "epoch_size": 2, "eval_every": 1, "val_samples": 3})
+    proc = run_toolkit("train", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    val = read_metrics(tmp_path / "run", "val")[-1]
+    assert val["samples"] == 3 and val["protocol"] == "lab" and val["psnr"] >= val["psnr_mean"]
+    assert val["pixel_std"] > 0 and 0 <= val["active_units"] <= 4 and len(val["kl_per_dim"]) == 4
+    with pytest.raises(ConfigError, match="val_samples"):
+        load_config(recipe, ["--train.val_samples=-1"])

@@ -151,6 +151,7 @@ def validate(cfg: Config) -> None:
         ("schedule.beta", cfg.schedule.beta >= 0, ">= 0"),
         ("train.num_gifs", cfg.train.num_gifs >= 0, ">= 0"),
         ("train.bn_batches", cfg.train.bn_batches >= 0, ">= 0"),
+        ("train.val_samples", cfg.train.val_samples >= 0, ">= 0"),
         ("train.epoch_size", cfg.train.epoch_size % cfg.optim.grad_accum == 0, "a multiple of optim.grad_accum"),
     ]
     for dotted, ok, what in checks:

@@ -161,6 +161,10 @@ class TrainConfig:
     """Evaluation protocol of validation (`cvae eval --protocol`; toolkit/eval/protocols.py): `lab` (the model's
     own frame counts, one sample) picks the best checkpoint by its best-of-1 PSNR; another protocol must fit the
     model (e.g. `svg` needs data.n_past = 2) and costs its samples at every validation."""
+    val_samples: int = 0
+    """Samples per validation video; 0: the protocol's own (1 for `lab`). With more than one, every validation
+    also logs mean-of-N, best-minus-mean PSNR and the sample diversity, and the best checkpoint is the one with
+    the best best-of-N PSNR."""
 
 
 @dataclass

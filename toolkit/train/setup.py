@@ -91,7 +91,7 @@ def validation_scoring(cfg: Config, manifest: Manifest, args: dict, device: torc
     from toolkit.eval.report import load_scorers
 
     protocol = bind(get_protocol(cfg.train.val_protocol), cfg.data.n_past, cfg.data.n_future, args["cond_dim"],
-                    manifest.seq_len)
+                    manifest.seq_len, samples=cfg.train.val_samples or None)
     return protocol, load_scorers(protocol, device, (), None, None)[:2]
 
 

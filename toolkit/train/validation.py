@@ -29,7 +29,7 @@ def validate(run: Run) -> None:
     run.log.write({"kind": "val", "epoch": epoch, "step": state.global_step, "count": result.count,
                    "protocol": protocol.name, "n_past": d.n_past, **result.mean, **result.fvd,
                    **{k: result.latent[k] for k in ("kl", "active_units", "kl_per_step", "kl_per_dim")
-                      if k in result.latent},
+                      if k in result.latent}, "samples": protocol.samples,
                    "psnr_per_frame": result.per_frame["psnr"],
                    "ssim_per_frame": result.per_frame["ssim"],
                    "baseline_psnr_per_frame": result.per_frame["baseline_psnr"]})
