@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from conftest import REPO, run_toolkit, tiny_recipe
 from toolkit.config import load_config
 from toolkit.data.shards.manifest import read_manifest
 from toolkit.eval.plots import short_labels
+from toolkit.sweep.runner import run_env
 from toolkit.sweep.stats import mean_ci95, t95
 from toolkit.sweep.spec import agent_args, configurations, load_sweep, recipe_and_args
 from toolkit.train.runlog import read_metrics
@@ -186,3 +188,12 @@ def test_t_quantiles_and_intervals():
     mean, half, n = mean_ci95([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 * 1.0 / 3 ** 0.5)
     assert math.isnan(mean_ci95([5.0])[1])
+
+
+def test_runners_side_by_side_share_the_cores_unless_told(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert run_env(1)["OMP_NUM_THREADS"] == "16" and run_env(2)["OMP_NUM_THREADS"] == "8"
+    assert run_env(32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run_env(2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins

@@ -37,6 +37,17 @@ def parse_part(part: str | None) -> tuple[int, int]:
     return k - 1, n
 
 
+def run_env(parts: int) -> dict[str, str]:
+    """The environment of one run: this one, plus what N runners side by side need.
+
+    A one-process launch leaves torch one thread per core, so N runners on one machine would each start
+    `cores` threads; oversubscribed OpenMP barriers slowed a 2-runner sweep on 2 cores about 1.6x. Each
+    runner gets cores // N threads unless OMP_NUM_THREADS is set already."""
+    threads = str(max(1, (os.cpu_count() or 1) // parts))
+    return {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300",  # time to save on a stop, as launch.sh
+            "OMP_NUM_THREADS": threads, **os.environ}
+
+
 def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, accelerate_config: str | None = None,
                 extra: list[str] | None = None, seed: int = 0, seeds: int = 0, part: str | None = None) -> list[dict]:
     """Run the sweep's configurations sequentially with `accelerate launch`; write the results table + plots.
@@ -64,7 +75,7 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
                    *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
                    "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
             print(f"[{i + 1}] {name}", flush=True)
-            env = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300", **os.environ}  # time to save on a stop, as launch.sh
+            env = run_env(parts)
             if subprocess.run(cmd, env=env).returncode != 0:
                 print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
         summary = summarize_run(run_dir)
