@@ -63,7 +63,7 @@ def _finn_ssim(img1, img2):
 
 def test_ssim_identical_is_one():
     x = torch.rand(2, 2, 3, 16, 16)
-    assert torch.allclose(ssim(x, x), torch.ones(2, 2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(ssim(x, x), torch.ones(2, 2, dtype=torch.float64), atol=1e-6)  # float32 arithmetic
 
 
 def test_ssim_matches_numpy_finn_ssim():
@@ -71,13 +71,18 @@ def test_ssim_matches_numpy_finn_ssim():
     target = torch.rand(2, 3, 3, 20, 18, generator=gen)
     pred = (target + 0.2 * torch.randn(target.shape, generator=gen)).clamp(0, 1)
     pred[1, 2] = torch.rand(3, 20, 18, generator=gen)  # an unrelated frame: low SSIM
+    # flat frames (float32's worst case: sigma^2 = blur(x^2) - mu^2 cancels) with faint noise
+    target[0, 1] = 0.8 + 0.001 * torch.randn(3, 20, 18, generator=gen)
+    pred[0, 1] = (target[0, 1] + 0.005 * torch.randn(3, 20, 18, generator=gen)).clamp(0, 1)
     out = ssim(pred, target)
     assert out.shape == (2, 3)
+    errors = []
     for b in range(2):
         for t in range(3):
             gt, pr = target[b, t].numpy(), pred[b, t].numpy()
             expected = np.mean([_finn_ssim(gt[c], pr[c]).mean() for c in range(3)])  # finn_eval_seq
-            assert out[b, t].item() == pytest.approx(expected, abs=1e-10)
+            errors.append(abs(out[b, t].item() - expected))
+    assert max(errors) < 1e-6  # SSIM_DTYPE float32 on centred maps: 3e-7 at most on the demo model's predictions
     assert out[1, 2] < 0.2 < out[0, 0] < 1.0
 
 

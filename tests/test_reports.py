@@ -9,6 +9,7 @@ import statistics
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -17,6 +18,7 @@ from conftest import REPO, run_toolkit, tiny_recipe
 from toolkit.config import load_config
 from toolkit.data.shards.manifest import read_manifest
 from toolkit.eval.plots import short_labels
+from toolkit.eval.predict import predict
 from toolkit.sweep.runner import run_env
 from toolkit.sweep.stats import mean_ci95, t95
 from toolkit.sweep.spec import agent_args, configurations, load_sweep, recipe_and_args
@@ -197,3 +199,17 @@ def test_runners_side_by_side_share_the_cores_unless_told(monkeypatch):
     assert run_env(32)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert run_env(2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
+
+
+def test_predict_sorted_shows_the_samples_best_first(tiny_run, pushing_shards, tmp_path):
+    shard = read_manifest(pushing_shards).urls("test")[0]
+    out = predict(str(tiny_run / "checkpoints" / "best"), shard, tmp_path / "p.gif", samples=4, sort=True)
+    shown = [s["psnr"] for s in out["samples"]]
+    assert sorted(s["sample"] for s in out["samples"]) == [0, 1, 2, 3] and shown == sorted(shown, reverse=True)
+    # the strip's rows are in that order: each row's PSNR against the ground-truth row, from the PNG itself
+    strip = np.asarray(Image.open(tmp_path / "p.png"), dtype=np.float64) / 255
+    rows = [strip[r * 68 + 2:r * 68 + 66].reshape(64, 12, 68, 3)[:, 2:, 2:66] for r in range(6)]
+    from_png = [float(np.mean(-10 * np.log10(((row - rows[0]) ** 2).mean(axis=(0, 2))))) for row in rows[2:]]
+    assert from_png == pytest.approx(shown, abs=0.05)  # 8-bit rounding only
+    unsorted = predict(str(tiny_run / "checkpoints" / "best"), shard, tmp_path / "q.gif", samples=4)
+    assert [s["sample"] for s in unsorted["samples"]] == [0, 1, 2, 3]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from toolkit.allocator import keep_freed_memory
 from toolkit.cli_eval import add_eval, add_predict_and_plot, add_weights
 from toolkit.errors import ToolkitError
 
@@ -173,6 +174,7 @@ def error_message(e: ToolkitError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):

@@ -31,7 +31,7 @@ def _predict(args: argparse.Namespace) -> None:
     from toolkit.eval.predict import predict
 
     predict(args.checkpoint, args.input, args.out, samples=args.samples, n_future=args.n_future, key=args.key,
-            seed=args.seed, fps=args.fps, strip=args.strip)
+            seed=args.seed, fps=args.fps, strip=args.strip, sort=args.sort)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -109,6 +109,7 @@ def add_predict_and_plot(sub) -> None:
     pr.add_argument("--key", help="sequence key inside a shard (default: the first)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the sampled latents (as cvae eval --seed)")
     pr.add_argument("--fps", type=float, default=4.0, help="frames per second of the video")
+    pr.add_argument("--sort", action="store_true", help="show the samples best first by PSNR (the worst last)")
     pr.set_defaults(func=_predict)
     pl = sub.add_parser("plot", help="training curves and PSNR per frame from run directories (no W&B needed)")
     pl.add_argument("paths", nargs="+", help="run directories (with metrics.jsonl) and/or eval report .json files")

@@ -2,9 +2,10 @@
 
 The input is a sequence folder in the BAIR layout (frames + csv files) or a shard (`.tar`; the first sequence,
 or `--key`). The model sees the first n_past frames and the actions of the whole window and predicts n_future
-frames: the prediction (latent at the prior's mean) and `--samples` random samples. Output: a GIF (or MP4 with
-the optional `mp4` extra) showing ground truth | prediction | samples side by side, and a PNG strip with one row
-per panel and time running left to right (the context frames framed green, predicted frames red).
+frames: the prediction (latent at the prior's mean) and `--samples` random samples (`--sort`: best first by
+PSNR, so the best and the worst sample sit at the two ends). Output: a GIF (or MP4 with the optional `mp4` extra)
+showing ground truth | prediction | samples side by side, and a PNG strip with one row per panel and time running
+left to right (the context frames framed green, predicted frames red).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from toolkit.data.shards import codec
 from toolkit.data.sources.folders import read_sequence_dir
 from toolkit.errors import DataError, ToolkitError
 from toolkit.eval.evaluate import batch_noise
+from toolkit.eval.metrics import psnr
 from toolkit.fsutil import atomic_path
 from toolkit.eval.video import compose, save_gif, save_strip, with_context
 
@@ -70,8 +72,10 @@ def save_video(path: Path, video: np.ndarray, fps: float) -> Path:
 
 def predict(checkpoint: str | Path, input_path: str | Path, out: str | Path, samples: int = 3,
             n_future: int | None = None, key: str | None = None, seed: int = 0, fps: float = 4.0,
-            strip: str | Path | None = None) -> dict:
-    """Predict one sequence; writes the video and the strip, returns their paths and the frame count."""
+            strip: str | Path | None = None, sort: bool = False) -> dict:
+    """Predict one sequence; writes the video and the strip, returns their paths, the frame count and each
+    shown sample's index and PSNR (dB, mean over the predicted frames, the protocols' per-channel PSNR);
+    `sort`: samples shown best first, so the last panel is the worst."""
     if samples < 0 or (n_future is not None and n_future < 1):
         raise ToolkitError("--samples must be >= 0 and --n-future >= 1")
     model, cfg, meta = load_model(checkpoint)
@@ -85,12 +89,19 @@ def predict(checkpoint: str | Path, input_path: str | Path, out: str | Path, sam
     window = frames[None, :n_past + n_future]
     cond = cond[None, :n_past + n_future] if cond_dim else cond.new_zeros(1, n_past + n_future, 0)
     panels = [window[0], with_context(window[0, :n_past], model.generate(window[:, :n_past], cond, n_future)[0])]
+    drawn = []
     for s in range(samples):  # the latents `cvae eval --seed` draws for this sequence
         pred = model.generate(window[:, :n_past], cond, n_future, batch_noise(model, [seq_key], seed, s, n_future))
-        panels.append(with_context(window[0, :n_past], pred[0]))
+        drawn.append((s, psnr(pred, window[:, n_past:]).mean().item(), pred[0]))
+    if sort:
+        drawn.sort(key=lambda d: -d[1])
+    panels += [with_context(window[0, :n_past], pred) for _, _, pred in drawn]
     out = Path(out)
     video = save_video(out, compose([panels], n_past), fps)
     strip_path = save_strip(Path(strip) if strip else out.with_suffix(".png"), compose([[p] for p in panels], n_past))
+    shown = ", ".join(f"{s} ({value:.2f} dB)" for s, value, _ in drawn)
     print(f"{seq_key}: {n_past} context + {n_future} predicted frames -> {video} (ground truth | prediction | "
-          f"{samples} sample(s)) and {strip_path}")
-    return {"video": str(video), "strip": str(strip_path), "frames": n_past + n_future, "key": seq_key}
+          f"{samples} sample(s)) and {strip_path}" + (f"\nsamples{' best first' if sort else ''}: {shown}"
+                                                      if drawn else ""))
+    return {"video": str(video), "strip": str(strip_path), "frames": n_past + n_future, "key": seq_key,
+            "samples": [{"sample": s, "psnr": value} for s, value, _ in drawn]}

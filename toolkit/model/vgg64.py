@@ -204,6 +204,35 @@ class Decoder(nn.Module):
         self.upc5 = nn.Sequential(VGGLayer(c1 * 2, c1), nn.ConvTranspose2d(c1, channels, 3, 1, 1), nn.Sigmoid())
         self.up = nn.UpsamplingNearest2d(scale_factor=2)
 
+    def skip_terms(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The skip half of each block's first convolution, conv_skip(skip) of `_block` (no bias), for skips
+        from `Encoder` [N, ...]: fixed while the skip frame is (every generated step after the first reads the
+        last context frame's), so generation computes them once per sequence instead of once per step, and
+        each step then needs no channel concatenation (in channels_last memory, 22% of a CPU generation step)."""
+        terms = []
+        for block, skip in zip(self.blocks(), skips[::-1]):
+            conv = block[0][0]
+            n = conv.weight.shape[1] - skip.shape[1]
+            terms.append(F.conv2d(skip, conv.weight[:, n:], None, padding=1))
+        return terms
+
+    def blocks(self) -> tuple[nn.Sequential, ...]:
+        """The four decoder blocks that take a skip, from 8x8 to 64x64."""
+        return self.upc2, self.upc3, self.upc4, self.upc5
+
+    def decode_with_terms(self, h: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+        """`forward(h, skips)` given `skip_terms(skips)` (evaluation mode: no BatchNorm groups) -> [N, C, 64, 64]."""
+        deconv = self.upc1[0]
+        channels_last = deconv.weight.is_contiguous(memory_format=torch.channels_last)
+        d = run_layers(self.upc1[1:], deconv_from_point(deconv, h.reshape(-1, self.g_dim), channels_last), 1)
+        for block, term in zip(self.blocks(), terms):
+            conv = block[0][0]
+            up = self.up(d)
+            y = F.conv2d(up, conv.weight[:, :up.shape[1]], conv.bias, padding=1) + term
+            _, bn, act = block[0]  # bn is an Identity in the folded inference copy
+            d = run_layers(block[1:], act(bn(y)), 1)
+        return d
+
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], skip_repeats: list[int] | None = None,
                 groups: int = 1) -> torch.Tensor:
         """Decode h [N, g_dim] with skips [N, ...] (the reference), or, given `skip_repeats` [r_0, r_1, ...],
@@ -214,7 +243,7 @@ class Decoder(nn.Module):
         deconv = self.upc1[0]
         channels_last = deconv.weight.is_contiguous(memory_format=torch.channels_last)
         d = run_layers(self.upc1[1:], deconv_from_point(deconv, h.reshape(-1, self.g_dim), channels_last), groups)
-        for block, skip in zip((self.upc2, self.upc3, self.upc4, self.upc5), skips[::-1]):
+        for block, skip in zip(self.blocks(), skips[::-1]):
             d = self._block(block, self.up(d), skip, skip_repeats, groups)
         return d
 
