@@ -24,17 +24,27 @@ def _check(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
 
 
+def squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(pred - target)^2 [B, T, C, H, W] in float64 (exact for float32 inputs): what `psnr_of` and
+    `masked_psnr_of` read, computed once when both are wanted."""
+    _check(pred, target, "squared_error")
+    return (pred.double() - target.double()).square_()
+
+
+def psnr_of(sq: torch.Tensor, data_range: float = 1.0, per_channel: bool = True) -> torch.Tensor:
+    """`psnr` from the squared error [B, T, C, H, W] (float64) -> [B, T] float64."""
+    mse = sq.mean(dim=(3, 4) if per_channel else (2, 3, 4)).clamp_min(MSE_FLOOR)
+    value = 20 * math.log10(data_range) - 10 * torch.log10(mse)
+    return value.mean(dim=2) if per_channel else value
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, per_channel: bool = True) -> torch.Tensor:
     """PSNR [B, T] (float64) of frames [B, T, C, H, W]: per channel 20 log10(range) - 10 log10(mse_c), then
     averaged over channels, as `finn_psnr` (SVG's protocol); `per_channel=False`: one mse over all channels
     (piqa's PSNR, iVideoGPT's protocol). The mse is clamped at 1e-10, so identical frames give 100 dB (range 1)
     instead of infinity.
     """
-    _check(pred, target, "psnr")
-    dims = (3, 4) if per_channel else (2, 3, 4)
-    mse = (pred.double() - target.double()).pow(2).mean(dim=dims).clamp_min(MSE_FLOOR)
-    value = 20 * math.log10(data_range) - 10 * torch.log10(mse)
-    return value.mean(dim=2) if per_channel else value
+    return psnr_of(squared_error(pred, target), data_range, per_channel)
 
 
 def gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -148,11 +158,15 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, da
     """PSNR [B, T] (float64) over the pixels of mask [B, T, 1, H, W] only: per channel 20 log10(range) -
     10 log10(mse_c), mse_c the mean squared error over the masked pixels (clamped as `psnr`), then averaged
     over channels. NaN for a frame whose mask is empty (nothing moved): averages skip it (`nanmean`)."""
-    _check(pred, target, "masked_psnr")
+    return masked_psnr_of(squared_error(pred, target), mask, data_range)
+
+
+def masked_psnr_of(sq: torch.Tensor, mask: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """`masked_psnr` from the squared error [B, T, C, H, W] (float64) -> [B, T] float64."""
     m = mask.double()
     count = m.sum(dim=(3, 4))  # [B, T, 1]
-    sq = ((pred.double() - target.double()).pow(2) * m).sum(dim=(3, 4))
-    mse = (sq / count.clamp_min(1)).clamp_min(MSE_FLOOR)
+    masked = (sq.flatten(3) @ m.flatten(3).transpose(2, 3))[..., 0]  # [B, T, C]: a sum of products, no temporary
+    mse = (masked / count.clamp_min(1)).clamp_min(MSE_FLOOR)
     value = (20 * math.log10(data_range) - 10 * torch.log10(mse)).mean(dim=2)
     return torch.where(count[..., 0] > 0, value, torch.full_like(value, float("nan")))
 

@@ -24,6 +24,7 @@ class BatchScores:
         self.metrics = [m for m in protocol.metrics if m != "lpips" or lpips is not None]
         self.per_channel = protocol.psnr == "per_channel"
         self.past, self.future, self.lpips = past, future, lpips
+        self.future64 = future.double()  # converted once for every sample's squared error
         self.moving = metrics.motion_mask(past[:, -1], future)
         self.ssim_reference = metrics.ssim_reference(future) if "ssim" in self.metrics else None
         self.count = 0
@@ -34,9 +35,10 @@ class BatchScores:
         self.shift = self.pixel_sum = self.pixel_sq = None  # [B, T, C, H, W]: per-pixel std over samples
         self.pair_lpips, self.pairs = None, 0  # LPIPS between samples 2k and 2k+1: [B, T] summed
 
-    def frame_scores(self, preds: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each metric of predictions [B, T, C, H, W] against the future: {metric: [B, T] float64}."""
-        out = {"psnr": metrics.psnr(preds, self.future, per_channel=self.per_channel)}
+    def frame_scores(self, preds: torch.Tensor, sq: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each metric of predictions [B, T, C, H, W] against the future, given their squared error `sq`
+        (`metrics.squared_error`): {metric: [B, T] float64}."""
+        out = {"psnr": metrics.psnr_of(sq, per_channel=self.per_channel)}
         if "ssim" in self.metrics:
             out["ssim"] = metrics.ssim(preds, self.future, self.ssim_reference)
         if "lpips" in self.metrics:
@@ -45,16 +47,16 @@ class BatchScores:
 
     def add(self, preds: torch.Tensor) -> None:
         """Samples self.count .. self.count + S - 1: predictions [S, B, T, C, H, W] (float32)."""
-        for s, pred in enumerate(preds):
-            scores = self.frame_scores(pred)
-            for name, value in scores.items():
-                self._keep_best(name, value, pred)
+        for pred in preds:
+            sq = metrics.squared_error(pred, self.future64)
+            for name, value in self.frame_scores(pred, sq).items():
+                self._keep_best(name, value, pred, sq)
                 self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
             self._add_pixels(pred)
             self.count += 1
         self._add_pairs(preds)
 
-    def _keep_best(self, name: str, value: torch.Tensor, pred: torch.Tensor) -> None:
+    def _keep_best(self, name: str, value: torch.Tensor, pred: torch.Tensor, sq: torch.Tensor) -> None:
         key = value.mean(dim=1)
         if name not in self.best:
             better = torch.ones_like(key, dtype=torch.bool)
@@ -63,7 +65,7 @@ class BatchScores:
         self.key[name] = torch.where(better, key, self.key[name]) if name in self.key else key
         self.best[name] = torch.where(better[:, None], value, self.best[name]) if name in self.best else value
         if name == "psnr":
-            motion = metrics.masked_psnr(pred, self.future, self.moving)
+            motion = metrics.masked_psnr_of(sq, self.moving)
             self.motion = motion if self.motion is None else torch.where(better[:, None], motion, self.motion)
             mask = better.view(-1, *[1] * (pred.dim() - 1))
             self.best_frames = pred.clone() if self.best_frames is None else torch.where(mask, pred, self.best_frames)
@@ -106,7 +108,7 @@ class BatchScores:
         [pixel_std, lpips_diversity]}, each a per-frame list of floats."""
         baseline = metrics.copy_last_frame(self.past, self.future.shape[1])
         values = {}
-        for name, base in self.frame_scores(baseline).items():
+        for name, base in self.frame_scores(baseline, metrics.squared_error(baseline, self.future)).items():
             values[name], values[f"{name}_mean"] = self.best[name], self.sums[name] / self.count
             values[f"baseline_{name}"] = base
         values["motion_psnr"] = self.motion
