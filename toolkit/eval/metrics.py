@@ -90,13 +90,11 @@ C1, C2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
 def _centred_stats(m: torch.Tensor, other: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """For maps m [N, H, W] (`SSIM_DTYPE`): (m - its per-map mean c, blur(m) = mu, blur((m - c)^2) - blur(m - c)^2
     = sigma^2) and, given `other` (centred maps of the same shape), blur((m - c) * other)."""
-    N, H, W = m.shape
     c = m.mean(dim=(1, 2), keepdim=True)
     d = m - c
-    maps = [d, d * d] if other is None else [d, d * d, d * other]
-    stats = _valid_gaussian_blur(torch.stack(maps, 1).view(-1, H, W)).view(N, len(maps), H - 10, W - 10).unbind(1)
-    mu_d = stats[0]
-    return (d, mu_d + c, stats[1] - mu_d * mu_d, mu_d, *stats[2:])
+    mu_d = _valid_gaussian_blur(d)
+    var = _valid_gaussian_blur(d * d).sub_(mu_d * mu_d)
+    return (d, mu_d + c, var, mu_d) + (() if other is None else (_valid_gaussian_blur(d * other),))
 
 
 def ssim_reference(target: torch.Tensor) -> tuple[torch.Tensor, ...]:
