@@ -339,3 +339,14 @@ def test_generation_reads_the_skips_each_setting_names(skip_from):
                 seen.append(model.decoder(h_pred[0], skips))
     expected = torch.stack(seen[N_PAST:], 1)
     assert (got - expected).abs().max() < 1e-5 and got.std() > 1e-2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pair_max_pools_as_max_pool2d(channels_last):
+    from toolkit.model.inference import PairMax
+
+    x = torch.randn(3, 5, 8, 6)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    got = PairMax()(x)
+    assert torch.equal(got, torch.nn.functional.max_pool2d(x, 2))
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
