@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import statistics
@@ -21,7 +22,8 @@ from toolkit.eval.plots import short_labels
 from toolkit.eval.predict import predict
 from toolkit.sweep.runner import run_env
 from toolkit.sweep.stats import mean_ci95, t95
-from toolkit.sweep.spec import agent_args, configurations, load_sweep, recipe_and_args
+from toolkit.sweep.table import results_table
+from toolkit.sweep.spec import SEED, agent_args, configurations, load_sweep, recipe_and_args
 from toolkit.train.runlog import read_metrics
 
 SWEEPS = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
@@ -213,3 +215,17 @@ def test_predict_sorted_shows_the_samples_best_first(tiny_run, pushing_shards, t
     assert from_png == pytest.approx(shown, abs=0.05)  # 8-bit rounding only
     unsorted = predict(str(tiny_run / "checkpoints" / "best"), shard, tmp_path / "q.gif", samples=4)
     assert [s["sample"] for s in unsorted["samples"]] == [0, 1, 2, 3]
+
+
+def test_the_table_shows_mean_of_n_and_diversity_only_for_sampled_validations():
+    def row(seed, **extra):
+        base = {"best_psnr": 24.0 + seed, "final_psnr": 24.0, "final_ssim": 0.8, "baseline_psnr": 21.0,
+                "final_motion_psnr": 17.0, "final_kl": 0.1, "final_active_units": 0}
+        return {"name": f"s{seed}", "config": {"model.prior": "fixed", SEED: seed}, "status": "done", **base, **extra}
+
+    md, _ = results_table([row(1), row(2)], ["model.prior", SEED])
+    assert "mean-of-N" not in md and "diversity" not in md
+    md, table = results_table([row(1, final_psnr_mean=23.0, final_pixel_std=0.01),
+                               row(2, final_psnr_mean=23.5, final_pixel_std=0.03)], ["model.prior", SEED])
+    assert "mean-of-N" in md and "0.0200 ± " in md
+    assert float(next(csv.DictReader(io.StringIO(table)))["final_psnr_mean_mean"]) == 23.25

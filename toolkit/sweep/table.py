@@ -29,7 +29,10 @@ def summarize_run(run_dir: Path) -> dict:
             "final_ssim": last["ssim"], "baseline_psnr": last["baseline_psnr"], "epochs": last["epoch"] + 1,
             # absent from runs older than the motion-region PSNR and the latent diagnostics
             "final_motion_psnr": last.get("motion_psnr"), "final_kl": last.get("kl"),
-            "final_active_units": last.get("active_units")}
+            "final_active_units": last.get("active_units"),
+            # with train.val_samples > 1: mean-of-N PSNR and the per-pixel std over the samples
+            "final_psnr_mean": last.get("psnr_mean") if last.get("samples", 1) > 1 else None,
+            "final_pixel_std": last.get("pixel_std") if last.get("samples", 1) > 1 else None}
 
 
 def _group(rows: list[dict], params: list[str]) -> list[tuple[dict, list[dict]]]:
@@ -54,23 +57,28 @@ COLUMNS = [("best_psnr", "best val PSNR", 2), ("final_psnr", "final val PSNR", 2
 """Per configuration, over its finished seeds: validation PSNR (best and final), SSIM, copy-last-frame, the
 motion-region PSNR, and how much of the latent is used (its KL per video and its active units, eval/latent.py)."""
 
+SAMPLED = [("final_psnr_mean", "final mean-of-N PSNR", 2), ("final_pixel_std", "sample diversity (pixel std)", 4)]
+"""Columns of runs validated with several samples per video (train.val_samples): the final validation's
+mean-of-N PSNR (the PSNR column is then best-of-N) and the per-pixel standard deviation over the samples."""
+
 
 def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
     """(Markdown, CSV) with one row per configuration: mean ± 95% CI (Student t over the finished seeds) of each of
-    `COLUMNS`, n finished runs and the status."""
+    `COLUMNS` (and of `SAMPLED` when some run has them), n finished runs and the status."""
     names = [p for p in params if p != SEED]
-    md = ["| " + " | ".join([p.split(".")[-1] for p in names] + [t for _, t, _ in COLUMNS] + ["n", "status"]) + " |",
-          "|" + "---|" * (len(names) + len(COLUMNS) + 2)]
+    columns = COLUMNS + [c for c in SAMPLED if any(r.get(c[0]) is not None for r in rows)]
+    md = ["| " + " | ".join([p.split(".")[-1] for p in names] + [t for _, t, _ in columns] + ["n", "status"]) + " |",
+          "|" + "---|" * (len(names) + len(columns) + 2)]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(names + [f"{c}_{x}" for c, _, _ in COLUMNS for x in ("mean", "ci95")] + ["n", "runs", "status"])
+    writer.writerow(names + [f"{c}_{x}" for c, _, _ in columns for x in ("mean", "ci95")] + ["n", "runs", "status"])
     for config, runs in _group(rows, params):
         done = [r for r in runs if r["status"] == "done"]
-        stats = {c: mean_ci95([r[c] for r in done if r.get(c) is not None]) for c, _, _ in COLUMNS}
+        stats = {c: mean_ci95([r[c] for r in done if r.get(c) is not None]) for c, _, _ in columns}
         status = "done" if len(done) == len(runs) else ", ".join(sorted({r["status"] for r in runs} - {"done"}))
-        md.append("| " + " | ".join([str(config[p]) for p in names] + [_ci_cell(stats[c], d) for c, _, d in COLUMNS]
+        md.append("| " + " | ".join([str(config[p]) for p in names] + [_ci_cell(stats[c], d) for c, _, d in columns]
                                     + [str(len(done)), status]) + " |")
-        writer.writerow([config[p] for p in names] + [v for c, _, _ in COLUMNS for v in stats[c][:2]]
+        writer.writerow([config[p] for p in names] + [v for c, _, _ in columns for v in stats[c][:2]]
                         + [len(done), " ".join(r["name"] for r in runs), status])
     return "\n".join(md) + "\n", buf.getvalue()
 
@@ -78,7 +86,7 @@ def results_table(rows: list[dict], params: list[str]) -> tuple[str, str]:
 def runs_csv(rows: list[dict], params: list[str]) -> str:
     """One row per run: its parameters and results."""
     cols = ["best_psnr", "best_epoch", "final_psnr", "final_ssim", "baseline_psnr", "final_motion_psnr", "final_kl",
-            "final_active_units", "status"]
+            "final_active_units", "final_psnr_mean", "final_pixel_std", "status"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["run"] + params + cols)
