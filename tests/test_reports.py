@@ -20,7 +20,7 @@ from toolkit.config import load_config
 from toolkit.data.shards.manifest import read_manifest
 from toolkit.eval.plots import short_labels
 from toolkit.eval.predict import predict
-from toolkit.sweep.runner import run_env
+from toolkit.sweep.runner import launch_processes, run_env
 from toolkit.sweep.stats import mean_ci95, t95
 from toolkit.sweep.table import results_table
 from toolkit.sweep.spec import SEED, agent_args, configurations, load_sweep, recipe_and_args
@@ -198,7 +198,10 @@ def test_runners_side_by_side_share_the_cores_unless_told(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert run_env(1)["OMP_NUM_THREADS"] == "16" and run_env(2)["OMP_NUM_THREADS"] == "8"
-    assert run_env(32)["OMP_NUM_THREADS"] == "1"
+    assert run_env(2, processes=4)["OMP_NUM_THREADS"] == "2" and run_env(32)["OMP_NUM_THREADS"] == "1"
+    assert launch_processes(["--config_file", str(REPO / "recipes/accelerate/cpu.yaml")]) == 2
+    assert launch_processes(["--config_file", str(REPO / "recipes/accelerate/cpu1.yaml")]) == 1
+    assert launch_processes(["--config_file", str(REPO / "recipes/accelerate/cpu.yaml"), "--num_processes", "3"]) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert run_env(2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from toolkit.errors import ToolkitError
 from toolkit.eval.plots import plot
 from toolkit.fsutil import atomic_write_text
@@ -37,14 +39,28 @@ def parse_part(part: str | None) -> tuple[int, int]:
     return k - 1, n
 
 
-def run_env(parts: int) -> dict[str, str]:
-    """The environment of one run: this one, plus what N runners side by side need.
+def launch_processes(accelerate: list[str]) -> int:
+    """Processes one run launches: `--num_processes`, else the accelerate config file's `num_processes`, else 1."""
+    value = {flag: accelerate[i + 1] for i, flag in enumerate(accelerate[:-1])
+             if flag in ("--num_processes", "--config_file")}
+    if "--num_processes" in value:
+        return int(value["--num_processes"])
+    try:
+        config = yaml.safe_load(Path(value["--config_file"]).read_text()) or {}
+    except (KeyError, OSError, yaml.YAMLError):
+        return 1
+    return int(config.get("num_processes") or 1)
 
-    A one-process launch leaves torch one thread per core, so N runners on one machine would each start
-    `cores` threads and oversubscribe the cores (OpenMP barriers then spin against each other). Each runner gets
-    cores // N threads unless OMP_NUM_THREADS is set already. (On a 2-core CPU two runners of the demo-sized
-    model trained about as fast either way, 7-10 sequences/s each: the small model barely uses a second thread.)"""
-    threads = str(max(1, (os.cpu_count() or 1) // parts))
+
+def run_env(parts: int, processes: int = 1) -> dict[str, str]:
+    """The environment of one run: this one, plus the threads per process when N runners share the machine.
+
+    Every process of every runner gets cores // (N x processes) threads unless OMP_NUM_THREADS is set already,
+    so that runners side by side never oversubscribe the cores: a one-process launch would leave torch one thread
+    per core, and OpenMP barriers spinning against each other slow a run many times over (a 2-rank run given 2
+    threads per rank on 2 cores barely advanced). (On a 2-core CPU two one-process runners of the demo-sized model
+    trained about as fast with 1 thread each as with 2, 7-10 sequences/s each.)"""
+    threads = str(max(1, (os.cpu_count() or 1) // (parts * processes)))
     return {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300",  # time to save on a stop, as launch.sh
             "OMP_NUM_THREADS": threads, **os.environ}
 
@@ -76,7 +92,7 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
                    *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
                    "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
             print(f"[{i + 1}] {name}", flush=True)
-            env = run_env(parts)
+            env = run_env(parts, launch_processes(accelerate))
             if subprocess.run(cmd, env=env).returncode != 0:
                 print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
         summary = summarize_run(run_dir)
