@@ -202,6 +202,7 @@ def test_runners_side_by_side_share_the_cores_unless_told(monkeypatch):
     assert launch_processes(["--config_file", str(REPO / "recipes/accelerate/cpu.yaml")]) == 2
     assert launch_processes(["--config_file", str(REPO / "recipes/accelerate/cpu1.yaml")]) == 1
     assert launch_processes(["--config_file", str(REPO / "recipes/accelerate/cpu.yaml"), "--num_processes", "3"]) == 3
+    assert launch_processes(["--config_file", "x.yaml", "--num_machines", "2", "--num_processes", "16"]) == 8
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert run_env(2)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
 

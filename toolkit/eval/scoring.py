@@ -108,7 +108,7 @@ class BatchScores:
         [pixel_std, lpips_diversity]}, each a per-frame list of floats."""
         baseline = metrics.copy_last_frame(self.past, self.future.shape[1])
         values = {}
-        for name, base in self.frame_scores(baseline, metrics.squared_error(baseline, self.future)).items():
+        for name, base in self.frame_scores(baseline, metrics.squared_error(baseline, self.future64)).items():
             values[name], values[f"{name}_mean"] = self.best[name], self.sums[name] / self.count
             values[f"baseline_{name}"] = base
         values["motion_psnr"] = self.motion

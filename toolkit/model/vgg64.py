@@ -211,9 +211,8 @@ class Decoder(nn.Module):
         each step then needs no channel concatenation (in channels_last memory, 22% of a CPU generation step)."""
         terms = []
         for block, skip in zip(self.blocks(), skips[::-1]):
-            conv = block[0][0]
-            n = conv.weight.shape[1] - skip.shape[1]
-            terms.append(F.conv2d(skip, conv.weight[:, n:], None, padding=1))
+            _, _, w_skip = self._split_first_conv(block, block[0][0].in_channels - skip.shape[1])
+            terms.append(F.conv2d(skip, w_skip, None, padding=1))
         return terms
 
     def blocks(self) -> tuple[nn.Sequential, ...]:
@@ -222,15 +221,12 @@ class Decoder(nn.Module):
 
     def decode_with_terms(self, h: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
         """`forward(h, skips)` given `skip_terms(skips)` (evaluation mode: no BatchNorm groups) -> [N, C, 64, 64]."""
-        deconv = self.upc1[0]
-        channels_last = deconv.weight.is_contiguous(memory_format=torch.channels_last)
-        d = run_layers(self.upc1[1:], deconv_from_point(deconv, h.reshape(-1, self.g_dim), channels_last), 1)
+        d = self._from_point(h, 1)
         for block, term in zip(self.blocks(), terms):
-            conv = block[0][0]
             up = self.up(d)
-            y = F.conv2d(up, conv.weight[:, :up.shape[1]], conv.bias, padding=1) + term
+            conv, w_up, _ = self._split_first_conv(block, up.shape[1])
             _, bn, act = block[0]  # bn is an Identity in the folded inference copy
-            d = run_layers(block[1:], act(bn(y)), 1)
+            d = run_layers(block[1:], act(bn(F.conv2d(up, w_up, conv.bias, padding=1) + term)), 1)
         return d
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], skip_repeats: list[int] | None = None,
@@ -240,22 +236,33 @@ class Decoder(nn.Module):
         of h (consecutive time steps sharing a skip frame): the skip half of each decoder block's first
         convolution then runs once per distinct skip frame instead of once per output (the same result, less
         work). `groups` > 1: BatchNorm statistics per time step, as in `Encoder.forward`."""
-        deconv = self.upc1[0]
-        channels_last = deconv.weight.is_contiguous(memory_format=torch.channels_last)
-        d = run_layers(self.upc1[1:], deconv_from_point(deconv, h.reshape(-1, self.g_dim), channels_last), groups)
+        d = self._from_point(h, groups)
         for block, skip in zip(self.blocks(), skips[::-1]):
             d = self._block(block, self.up(d), skip, skip_repeats, groups)
         return d
+
+    def _from_point(self, h: torch.Tensor, groups: int) -> torch.Tensor:
+        """The first block: h [N, g_dim] -> 4x4 maps [N, C, 4, 4], in the decoder's memory format."""
+        deconv = self.upc1[0]
+        channels_last = deconv.weight.is_contiguous(memory_format=torch.channels_last)
+        return run_layers(self.upc1[1:], deconv_from_point(deconv, h.reshape(-1, self.g_dim), channels_last), groups)
+
+    @staticmethod
+    def _split_first_conv(block: nn.Sequential, n_up: int) -> tuple[nn.Conv2d, torch.Tensor, torch.Tensor]:
+        """(conv, w_up, w_skip): a skip block's first convolution and its weights split by input channel, the
+        upsampled features' n_up first, so that conv(cat(up, skip)) = conv_up(up) + conv_skip(skip). Splits, not
+        slices: their backward is one cat, a slice's a zero fill and a copy each."""
+        conv = block[0][0]
+        w_up, w_skip = torch.split(conv.weight, [n_up, conv.weight.shape[1] - n_up], dim=1)
+        return conv, w_up, w_skip
 
     @staticmethod
     def _block(block: nn.Sequential, up: torch.Tensor, skip: torch.Tensor, skip_repeats: list[int] | None,
                groups: int) -> torch.Tensor:
         if skip_repeats is None:
             return run_layers(block, torch.cat([up, skip], 1), groups)
-        conv, bn, act = block[0]  # conv(cat(up, skip)) = conv_up(up) + conv_skip(skip), by input channel
-        n = up.shape[1]
-        # splits, not slices: their backward is one cat, a slice's a zero fill and a copy each
-        w_up, w_skip = torch.split(conv.weight, [n, conv.weight.shape[1] - n], dim=1)
+        conv, w_up, w_skip = Decoder._split_first_conv(block, up.shape[1])
+        _, bn, act = block[0]
         y = F.conv2d(up, w_up, conv.bias, padding=1)
         s = F.conv2d(skip, w_skip, None, padding=1)
         m = s.shape[0] // len(skip_repeats)  # rows per time step

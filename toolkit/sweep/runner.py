@@ -40,11 +40,13 @@ def parse_part(part: str | None) -> tuple[int, int]:
 
 
 def launch_processes(accelerate: list[str]) -> int:
-    """Processes one run launches: `--num_processes`, else the accelerate config file's `num_processes`, else 1."""
+    """Processes one run launches on this machine: `--num_processes` (else the accelerate config file's
+    `num_processes`, else 1) over `--num_machines` (the launcher passes both for several nodes)."""
     value = {flag: accelerate[i + 1] for i, flag in enumerate(accelerate[:-1])
-             if flag in ("--num_processes", "--config_file")}
+             if flag in ("--num_processes", "--num_machines", "--config_file")}
+    machines = int(value.get("--num_machines", 1))
     if "--num_processes" in value:
-        return int(value["--num_processes"])
+        return max(1, int(value["--num_processes"]) // machines)
     try:
         config = yaml.safe_load(Path(value["--config_file"]).read_text()) or {}
     except (KeyError, OSError, yaml.YAMLError):
