@@ -21,7 +21,7 @@ with `./launch.sh` or `cvae synth` + `cvae shards convert`; data generation is t
   checkpoints.
 
 `--compute-only` adds the trainer's step alone (a fixed batch, no loader, no DDP, one process, one thread, the
-demo's model and batch; `benchmarks/throughput.py`'s `trainer_step`): the demo's per-step training time over
+demo's model and batch, glibc's allocator set as `cvae` sets it; `benchmarks/throughput.py`'s `trainer_step`): the demo's per-step training time over
 it is what the demo pays beyond compute. Runs alternate between revisions within each round; medians over
 rounds.
 """
@@ -99,6 +99,9 @@ def compute_only_step(batch: int, rounds: int) -> float:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from throughput import make_model, timed_rounds, trainer_step
 
+    from toolkit.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the trainer's processes
     torch.set_num_threads(1)
     step = trainer_step(make_model("tiny", channels_last=True), batch, True)
     return timed_rounds({"step": step}, rounds, steps=10, warmup=3)["step"]

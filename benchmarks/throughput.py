@@ -7,7 +7,9 @@
 Every figure is a ratio of, or sits beside, figures measured in the same run: variants alternate within each
 round (order reversed every other round), after warm-up steps, and the median over the rounds is reported.
 All steps are compute only (a fixed random batch of `--batch` sequences of 12 frames) except the loader line;
-every process runs one thread.
+every process runs one thread with glibc's allocator set as `cvae` sets it at start-up
+(`toolkit.allocator.keep_freed_memory`: freed tensors' memory is reused instead of mapped afresh; without it a
+tiny teacher-forced step at batch 12 page-faults about 87,000 times).
 
 - step: seconds per training step (forward, backward, Adam), teacher forcing on and off, of
   - the toolkit's trainer step (`train.step.train_micro_batch` under Accelerate, channels_last as the trainer's
@@ -126,6 +128,9 @@ def worker(args) -> None:
     """Under `accelerate launch`: time the trainer's step on every rank, print rank 0's seq/s per process."""
     from accelerate import PartialState
 
+    from toolkit.allocator import keep_freed_memory
+
+    keep_freed_memory()
     torch.set_num_threads(1)
     step = trainer_step(make_model(args.worker, channels_last=True), args.batch, True)
     steps = args.steps or (3 if args.worker == "tiny" else 1)
@@ -214,6 +219,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    from toolkit.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the trainer: cli.main sets it before anything else
     torch.set_num_threads(1)
     print(f"# torch {torch.__version__}, {args.rounds} rounds (median) after {args.warmup} warm-up steps, "
           f"cpu_count {os.cpu_count()}")
