@@ -350,3 +350,22 @@ def test_pair_max_pools_as_max_pool2d(channels_last):
     got = PairMax()(x)
     assert torch.equal(got, torch.nn.functional.max_pool2d(x, 2))
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("start,end", [(0, 2), (2, 4), (4, 6)])
+def test_rows_gradient_equals_the_slices_and_keeps_the_memory_format(channels_last, start, end):
+    from toolkit.model.vgg64 import rows
+
+    x = torch.randn(6, 4, 5, 3)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    x.requires_grad_(True)
+    weight = torch.randn(end - start, 4, 5, 3)
+    loss = (rows(x, start, end) * weight).sum()
+    junk = torch.full((6, 4, 5, 3), float("nan"))
+    del junk  # a freed block of the gradient's size, full of NaN, that its allocation is likely to reuse
+    loss.backward()
+    expected = torch.zeros(6, 4, 5, 3)
+    expected[start:end] = weight
+    assert torch.equal(x.grad, expected)  # zeros outside the rows, every one of them written
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last

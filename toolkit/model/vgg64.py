@@ -148,7 +148,11 @@ class _Rows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out = grad.new_zeros(ctx.shape).contiguous(memory_format=ctx.format)
+        # written once: zeros outside the rows, the gradient in them (zeros then a format copy wrote the largest
+        # skip three times, 2.5x the time)
+        out = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.format)
+        out[:ctx.start].zero_()
+        out[ctx.end:].zero_()
         out[ctx.start:ctx.end] = grad
         return out, None, None
 
