@@ -21,9 +21,9 @@ with `./launch.sh` or `cvae synth` + `cvae shards convert`; data generation is t
   checkpoints.
 
 `--compute-only` adds the trainer's step alone (a fixed batch, no loader, no DDP, one process, one thread, the
-demo's model and batch, glibc's allocator set as `cvae` sets it; `benchmarks/throughput.py`'s `trainer_step`): the demo's per-step training time over
-it is what the demo pays beyond compute. Runs alternate between revisions within each round; medians over
-rounds.
+demo's model and batch, glibc's allocator set as `cvae` sets it; `benchmarks/throughput.py`'s `trainer_step`): the
+demo's per-step training time over it is what the demo pays beyond compute. Runs alternate between revisions within
+each round; medians over rounds.
 """
 
 from __future__ import annotations
