@@ -26,13 +26,15 @@ fi
 launch_args=$(python -m toolkit.launcher ${accel:+"$accel"}) || exit 2
 mapfile -t args <<<"$launch_args"
 
-# The embedded datasets are generated on first use: BAIR-layout folders, then WebDataset shards.
+# The embedded datasets are generated on first use: BAIR-layout folders, then WebDataset shards, with a process
+# per core (at most 8; any number writes the same files).
 ensure_embedded() {  # name world train validate test
-    local shards="shards/$1" folders="shards/$1-folders"
+    local shards="shards/$1" folders="shards/$1-folders" workers
     [ -f "$shards/manifest.json" ] && return
     echo "generating the embedded '$2' dataset into $shards ..."
-    [ -d "$folders" ] || cvae synth --world "$2" --out "$folders" --train "$3" --validate "$4" --test "$5"
-    cvae shards convert "$folders" "$shards" --maxcount 64
+    workers=$(python -c 'import os; print(min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))')
+    [ -d "$folders" ] || cvae synth --world "$2" --out "$folders" --train "$3" --validate "$4" --test "$5" --workers "$workers"
+    cvae shards convert "$folders" "$shards" --maxcount 64 --workers "$workers"
 }
 grep -Eq '^\s*shards:\s*shards/pushing\s*$' "$recipe" && ensure_embedded pushing pushing 1000 100 100
 grep -Eq '^\s*shards:\s*shards/digits\s*$' "$recipe" && ensure_embedded digits shapes 1000 100 100

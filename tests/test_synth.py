@@ -154,6 +154,16 @@ def test_dataset_is_reproducible_and_independent_of_counts(tmp_path):
     assert len(seeds) == 300
 
 
+def test_any_number_of_workers_writes_the_same_files(tmp_path):
+    counts = {"train": 5, "validate": 2, "test": 1}
+    synth.generate_dataset(tmp_path / "one", counts=counts, seed=3, progress=False)
+    main(["synth", "--out", str(tmp_path / "two"), "--train", "5", "--validate", "2", "--test", "1", "--seed", "3",
+          "--workers", "2", "--quiet"])
+    one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert len([name for name in one if name.endswith(".png")]) == 8 * 30
+    assert one == two
+
+
 def test_cli_writes_the_bair_layout(tmp_path, capsys):
     out = tmp_path / "d"
     main(["synth", "--out", str(out), "--train", "3", "--validate", "1", "--test", "1", "--quiet"])
@@ -191,6 +201,7 @@ def test_cli_writes_the_bair_layout(tmp_path, capsys):
     (["--world", "nowhere"], "invalid choice"),
     (["--train", "-1"], "--train must be a non-negative integer"),
     (["--seed", "-3"], "--seed must be a non-negative integer"),
+    (["--workers", "0"], "--workers must be a positive integer"),
 ])
 def test_cli_rejects_bad_input(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

