@@ -32,7 +32,7 @@ ensure_embedded() {  # name world train validate test
     local shards="shards/$1" folders="shards/$1-folders" workers
     [ -f "$shards/manifest.json" ] && return
     echo "generating the embedded '$2' dataset into $shards ..."
-    workers=$(python -c 'import os; print(min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))')
+    workers=$(python -c 'from toolkit.launcher import data_workers; print(data_workers())')
     [ -d "$folders" ] || cvae synth --world "$2" --out "$folders" --train "$3" --validate "$4" --test "$5" --workers "$workers"
     cvae shards convert "$folders" "$shards" --maxcount 64 --workers "$workers"
 }

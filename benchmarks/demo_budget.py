@@ -42,6 +42,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 PARTS = ("start-up", "training", "waiting for data", "BatchNorm re-estimation", "validation", "checkpoints",
          "finish")
 
@@ -147,7 +148,9 @@ def main() -> None:
 def time_synth(work: Path) -> float:
     """Seconds to generate the demo's data as launch.sh does on first use (1000/100/100 sequences, shards, a
     process per core up to 8)."""
-    workers = str(min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+    from toolkit.launcher import data_workers
+
+    workers = str(data_workers())
     start = time.perf_counter()
     for cmd in (["cvae", "synth", "--world", "pushing", "--out", str(work / "folders"), "--train", "1000",
                  "--validate", "100", "--test", "100", "--workers", workers],

@@ -26,6 +26,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def data_workers(limit: int = 8) -> int:
+    """Processes for generating and converting the embedded data (launch.sh's first use): the cores this
+    process may run on, at most `limit`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, limit)
+
+
 def machine_config(nodes: int = 1) -> tuple[str, list[str]]:
     """(accelerate config, extra arguments) for the GPUs of this machine, or the CPU; with several nodes always
     a distributed config (one GPU per node is DDP too)."""

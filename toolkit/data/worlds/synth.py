@@ -61,11 +61,6 @@ def _write_one(world: str, path: Path, seq_seed: int) -> None:
         write_sequence_dir(path, generate_shapes_sequence(seq_seed, SEQ_LEN))
 
 
-@contextlib.contextmanager
-def _no_pool(workers: int):
-    yield None
-
-
 def _readme(world: str, counts: dict[str, int], seed: int) -> str:
     conditioning = ("actions.csv (dx, dy, dz, gripper) and endeffector_positions.csv (x, y, z) per frame"
                     if world == "pushing" else "none (frames only)")
@@ -97,10 +92,9 @@ def generate_dataset(out: str | os.PathLike, world: str = "pushing", counts: dic
         raise ToolkitError(f"--workers must be a positive integer, got {workers!r}")
     if workers > 1:  # the pool's module imports torch (3 s), which one process writing sequences does not need
         from toolkit.data.shards.pipeline import worker_pool
-    else:
-        worker_pool = _no_pool
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp, worker_pool(workers) as pool, \
+        with atomic_dir(out, overwrite=overwrite) as tmp, \
+                worker_pool(workers) if workers > 1 else contextlib.nullcontext() as pool, \
                 tqdm(total=sum(counts.values()), desc=f"synth {world}", unit="seq", disable=not progress) as bar:
             jobs = [(world, sequence_dir(tmp / split, index), sequence_seed(seed, split, index))
                     for split, n in counts.items() for index in range(n)]
