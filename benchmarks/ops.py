@@ -9,7 +9,7 @@ untimed step (so the optimizer state exists). Every ATen call that reaches the d
 forward, the backward and the optimizer. Views (`view`, `t`, `as_strided` ... : no kernel) are counted apart,
 and so are allocations (`empty` ...) and in-place metadata changes (`squeeze_` ...), which launch nothing:
 `kernels` is what a GPU would launch one kernel (or more) for. Per-step BatchNorm runs in the form a GPU uses
-(one statistics reduction per layer, `vgg64.per_step_batch_norm`) unless `--cpu-form`, which counts the
+(one statistics reduction per layer, `step_norm.per_step_batch_norm`) unless `--cpu-form`, which counts the
 one-call-per-time-step form a CPU uses. The LSTMs run oneDNN's RNN here (one op per layer); a GPU's cuDNN
 RNN is one op per layer too. The launch overhead of a step on a GPU is proportional to
 `kernels` (about 5-10 us each), which is why the count is the yardstick of the GPU step's launch-bound time.
@@ -97,11 +97,11 @@ def main() -> None:
     p.add_argument("--top", action="store_true", help="also print the most frequent ops")
     p.add_argument("--json", help="write the counts here")
     args = p.parse_args()
-    from toolkit.model import vgg64
+    from toolkit.model import step_norm, vgg64
 
     if not args.cpu_form:  # the GPU's form on any device (a global of vgg64: its callers look it up there)
         vgg64.batch_norm = lambda bn, x, groups: (bn(x) if groups == 1 or not bn.training
-                                                  else vgg64.per_step_batch_norm(bn, x, groups))
+                                                  else step_norm.per_step_batch_norm(bn, x, groups))
     torch.set_num_threads(1)
     print(f"# torch {torch.__version__}, batch {args.batch} x 12 frames, BatchNorm in the "
           f"{'CPU' if args.cpu_form else 'GPU'} form, precision {args.precision}; one trainer step (forward, backward, "

@@ -14,7 +14,7 @@ from conftest import REPO
 from toolkit.config import ModelConfig
 from toolkit.model import SVG, kl_divergence
 from toolkit.model.reference import reference_loss
-from toolkit.model.vgg64 import batch_norm, per_step_batch_norm
+from toolkit.model.step_norm import batch_norm, per_step_batch_norm
 
 B, T, N_PAST = 3, 5, 2
 
@@ -204,6 +204,38 @@ def test_the_gpu_form_of_per_step_batch_norm_equals_one_call_per_step(momentum):
     assert torch.allclose(chunked.weight.grad, vectorized.weight.grad, rtol=1e-10)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.allclose(getattr(chunked, name).double(), getattr(vectorized, name).double(), rtol=1e-12), name
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_cpu_form_of_per_step_batch_norm_equals_one_call_per_step(momentum, memory_format):
+    """The in-place CPU form runs the module's own kernels block by block: the same outputs, input gradients and
+    running statistics bit for bit, in x's memory format; the weight gradient is a sum in another order."""
+    scale = torch.arange(1, 21.0)[:, None, None, None]
+    x = (torch.randn(5 * 4, 6, 8, 8) * scale).contiguous(memory_format=memory_format)
+    upstream = torch.randn(5 * 4, 6, 8, 8).contiguous(memory_format=memory_format)
+    chunked = torch.nn.BatchNorm2d(6, momentum=momentum).train()
+    torch.nn.init.normal_(chunked.weight)
+    torch.nn.init.normal_(chunked.bias)
+    in_place = copy.deepcopy(chunked)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = torch.cat([chunked(block) for block in x1.chunk(5)])
+    y2 = batch_norm(in_place, x2, 5)
+    assert y2.grad_fn is not None and "BlockBatchNorm" in type(y2.grad_fn).__name__  # the form under test
+    assert torch.equal(y1, y2) and y2.is_contiguous(memory_format=memory_format)
+    (y1 * upstream).sum().backward()
+    (y2 * upstream).sum().backward()
+    assert torch.equal(x1.grad, x2.grad) and x2.grad.is_contiguous(memory_format=memory_format)
+    assert torch.allclose(chunked.weight.grad, in_place.weight.grad, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(chunked.bias.grad, in_place.bias.grad, rtol=1e-5, atol=1e-4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(chunked, name), getattr(in_place, name)), name
+    nchw_upstream = upstream.contiguous()  # another format than x's (channels_last): converted, same gradient
+    grad, = torch.autograd.grad((batch_norm(in_place, x2, 5) * nchw_upstream).sum(), x2)
+    assert torch.allclose(grad, x1.grad, rtol=1e-4, atol=1e-5)
+    mixed = batch_norm(in_place, x.bfloat16(), 5)  # bfloat16 maps, float32 weights (autocast): concatenated
+    assert "BlockBatchNorm" not in type(mixed.grad_fn).__name__
+    assert torch.allclose(mixed.float(), y1, rtol=0.02, atol=0.05)
 
 
 def moving_squares(n, t, seed=0):

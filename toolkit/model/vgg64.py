@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from toolkit.model.step_norm import batch_norm
+
 
 def scaled(channels: int, width: float) -> int:
     """Channel count `channels * width`, rounded, at least 1."""
@@ -31,72 +33,6 @@ def init_weights(m: nn.Module) -> None:
     elif "BatchNorm" in name:
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
-
-
-def batch_norm(bn: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """`bn(x)`, except that in training mode with groups > 1 the rows of x [N, C, ...] are `groups` consecutive
-    blocks (time-major: one time step each) and each block is normalized as a call of its own, the module's
-    running statistics updated once per block, as the reference's per-step calls do.
-
-    Two implementations of the same arithmetic: on a CPU one BatchNorm call per block (2x faster there than
-    the vectorized form), on a GPU one statistics reduction over all blocks (a handful of kernels instead of
-    several per block: the step is launch-bound at small batches)."""
-    if groups == 1 or not bn.training:
-        return bn(x)
-    if x.device.type == "cpu":
-        return torch.cat([bn(block) for block in x.chunk(groups)])
-    return per_step_batch_norm(bn, x, groups)
-
-
-def per_step_batch_norm(bn: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Training-mode BatchNorm of each of the `groups` row blocks of x [N, C, ...] on its own, in one call: the
-    time steps become channels of one native BatchNorm call (x [T*B, C, ...] -> [1, T*C, B, ...], weights
-    repeated), one copy there and one back into x's memory format, instead of statistics, normalization and
-    their backward written out in a dozen small kernels. Running statistics (when tracked) are updated once
-    per block, in order."""
-    C, rest = x.shape[1], x.shape[2:]
-    B = x.shape[0] // groups
-    flat = x.view(groups, B, C, *rest).transpose(1, 2).reshape(1, groups * C, B, *rest)
-    y = F.batch_norm(flat, None, None, bn.weight.repeat(groups), bn.bias.repeat(groups), True, 0.0, bn.eps)
-    if bn.track_running_stats:
-        with torch.no_grad():
-            wide = flat.to(torch.promote_types(flat.dtype, torch.float32))
-            var, mean = torch.var_mean(wide, dim=(0, *range(2, flat.dim())), correction=1)
-            _update_running(bn, mean.view(groups, C), var.view(groups, C))
-    y = y.view(groups, C, B, *rest)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return y.permute(0, 2, 3, 4, 1).reshape(x.shape[0], *rest, C).permute(0, 3, 1, 2)
-    return y.transpose(1, 2).reshape(x.shape)
-
-
-def _update_running(bn: _BatchNorm, means: torch.Tensor, variances: torch.Tensor) -> None:
-    """The running statistics after one module call per row of means/variances [T, C], in order."""
-    steps = means.shape[0]
-    if bn.momentum is None:  # cumulative averages: one update after the other
-        seen = int(bn.num_batches_tracked)  # one host read per call, not per step
-        for k, (mean, var) in enumerate(zip(means, variances), start=1):
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), 1.0 / (seen + k))
-            bn.running_var.lerp_(var.to(bn.running_var.dtype), 1.0 / (seen + k))
-        bn.num_batches_tracked.add_(steps)
-        return
-    m = bn.momentum  # r_T = (1 - m)^T r_0 + sum_t m (1 - m)^(T-1-t) s_t
-    weights = _momentum_weights(m, steps, means.device)
-    for running, stats in ((bn.running_mean, means), (bn.running_var, variances)):
-        running.mul_((1 - m) ** steps).add_((weights @ stats.to(weights.dtype)).to(running.dtype))
-    bn.num_batches_tracked.add_(steps)
-
-
-_WEIGHTS: dict = {}
-
-
-def _momentum_weights(momentum: float, steps: int, device: torch.device) -> torch.Tensor:
-    """m (1 - m)^(T-1-t) for t < T, float64 on `device`; made once per (momentum, T, device), so a step (and a
-    CUDA graph's capture) does not rebuild it."""
-    key = (momentum, steps, str(device))
-    if key not in _WEIGHTS:
-        exponents = torch.arange(steps - 1, -1, -1, dtype=torch.float64)
-        _WEIGHTS[key] = (momentum * (1 - momentum) ** exponents).to(device)
-    return _WEIGHTS[key]
 
 
 def run_layers(layers: nn.Sequential, x: torch.Tensor, groups: int) -> torch.Tensor:
