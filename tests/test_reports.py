@@ -109,6 +109,14 @@ def test_sweep_with_an_unknown_parameter_is_rejected(tmp_path):
     assert proc.returncode == 2 and "did you mean 'schedule.kl_anneal'?" in proc.stderr
 
 
+@pytest.mark.parametrize("flags, message", [(["--max-runs", "0"], "--max-runs must be >= 1, got 0"),
+                                            (["--part", "3/2"], "--part must be K/N")])
+def test_local_sweep_rejects_bad_counts_before_starting_a_run(flags, message, tmp_path):
+    proc = run_toolkit("sweep", "local", str(SWEEPS[0]), "--out", str(tmp_path / "out"), *flags)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # no run started
+
+
 @pytest.mark.slow
 def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path):
     recipe = tiny_recipe(tmp_path / "recipe.yaml", pushing_shards, tmp_path / "unused",

@@ -78,6 +78,8 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
     index, parts = parse_part(part)
     if seeds < 0:
         raise ToolkitError(f"--seeds must be >= 0, got {seeds}")
+    if max_runs is not None and max_runs < 1:  # 0 would otherwise read as "no limit" and start every run
+        raise ToolkitError(f"--max-runs must be >= 1, got {max_runs}")
     out = Path(out)
     rows = []
     for i, config in enumerate(configurations(sweep, max_runs, seed, seeds)):
