@@ -19,22 +19,23 @@ def batch_norm(bn: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
     Three implementations of the same arithmetic: on a GPU one statistics reduction over all blocks (a handful
     of kernels instead of several per block: the step is launch-bound at small batches); on a CPU one native
     BatchNorm call per block (2x faster there than the vectorized form), written straight into one output
-    (`_BlockBatchNorm`) where x is float32-like its weights, else concatenated (autocast, torch.compile)."""
+    (`_BlockBatchNorm`) where x has its weights' dtype, else concatenated (autocast's mixed dtypes,
+    torch.compile)."""
     if groups == 1 or not bn.training:
         return bn(x)
     if x.device.type != "cpu":
         return per_step_batch_norm(bn, x, groups)
-    if _blocks_in_place(bn, x):
+    if _blocks_in_place(bn, x, groups):
         return _BlockBatchNorm.apply(x, bn.weight, bn.bias, bn, groups)
     return torch.cat([bn(block) for block in x.chunk(groups)])
 
 
-def _blocks_in_place(bn: _BatchNorm, x: torch.Tensor) -> bool:
+def _blocks_in_place(bn: _BatchNorm, x: torch.Tensor, groups: int) -> bool:
     """Whether `_BlockBatchNorm` computes bn's per-block calls for x: affine weights of x's dtype (not
-    autocast's mixed dtypes), row blocks that are dense in x's memory format, and eager mode (torch.compile
-    traces the concatenating form)."""
+    autocast's mixed dtypes), equal row blocks that are dense in x's memory format, and eager mode
+    (torch.compile traces the concatenating form)."""
     dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-    return (bn.affine and bn.weight.dtype == x.dtype and dense and x.shape[0] > 0
+    return (bn.affine and bn.weight.dtype == x.dtype and dense and x.shape[0] > 0 and x.shape[0] % groups == 0
             and not torch.compiler.is_compiling())
 
 
