@@ -186,14 +186,19 @@ def test_per_step_batch_norm_normalizes_each_step_as_a_call_of_its_own():
     assert torch.equal(batch_norm(bn.eval(), x, groups=5), bn(x))  # eval mode: the running statistics
 
 
+def batch_norm_twins(channels, momentum, dtype):
+    """A training-mode BatchNorm2d with random affine weights and a copy of it, and 5 steps x 4 sequences of
+    8x8 maps whose steps have different statistics: (module, copy, x [20, channels, 8, 8])."""
+    module = torch.nn.BatchNorm2d(channels, momentum=momentum).to(dtype).train()
+    torch.nn.init.normal_(module.weight)
+    torch.nn.init.normal_(module.bias)
+    scale = torch.arange(1, 21.0, dtype=dtype)[:, None, None, None]
+    return module, copy.deepcopy(module), torch.randn(5 * 4, channels, 8, 8, dtype=dtype) * scale
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_the_gpu_form_of_per_step_batch_norm_equals_one_call_per_step(momentum):
-    scale = torch.arange(1, 21.0, dtype=torch.float64)[:, None, None, None]  # steps with different statistics
-    x = torch.randn(5 * 4, 3, 6, 6, dtype=torch.float64) * scale
-    chunked = torch.nn.BatchNorm2d(3, momentum=momentum).double().train()
-    torch.nn.init.normal_(chunked.weight)
-    torch.nn.init.normal_(chunked.bias)
-    vectorized = copy.deepcopy(chunked)
+    chunked, vectorized, x = batch_norm_twins(3, momentum, torch.float64)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1 = torch.cat([chunked(block) for block in x1.chunk(5)])
     y2 = per_step_batch_norm(vectorized, x2, 5)
@@ -211,13 +216,9 @@ def test_the_gpu_form_of_per_step_batch_norm_equals_one_call_per_step(momentum):
 def test_the_cpu_form_of_per_step_batch_norm_equals_one_call_per_step(momentum, memory_format):
     """The in-place CPU form runs the module's own kernels block by block: the same outputs, input gradients and
     running statistics bit for bit, in x's memory format; the weight gradient is a sum in another order."""
-    scale = torch.arange(1, 21.0)[:, None, None, None]
-    x = (torch.randn(5 * 4, 6, 8, 8) * scale).contiguous(memory_format=memory_format)
+    chunked, in_place, x = batch_norm_twins(6, momentum, torch.float32)
+    x = x.contiguous(memory_format=memory_format)
     upstream = torch.randn(5 * 4, 6, 8, 8).contiguous(memory_format=memory_format)
-    chunked = torch.nn.BatchNorm2d(6, momentum=momentum).train()
-    torch.nn.init.normal_(chunked.weight)
-    torch.nn.init.normal_(chunked.bias)
-    in_place = copy.deepcopy(chunked)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1 = torch.cat([chunked(block) for block in x1.chunk(5)])
     y2 = batch_norm(in_place, x2, 5)
