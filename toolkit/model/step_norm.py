@@ -42,9 +42,9 @@ def _blocks_in_place(bn: _BatchNorm, x: torch.Tensor, groups: int) -> bool:
 class _BlockBatchNorm(torch.autograd.Function):
     """`torch.cat([bn(block) for block in x.chunk(groups)])` without the concatenation: each block's native
     BatchNorm writes its rows of one output, and backward each block's gradient its rows of one input gradient
-    (the form with the concatenation copies every normalized map twice, forward and backward: a quarter of the
-    BatchNorm time of a CPU step). The same kernels as the module's calls, so the same numbers; the running
-    statistics are updated once per block, in order, as by the module."""
+    (the form with the concatenation copies every normalized map twice more, by the forward `cat` and by the
+    backward of `chunk`; docs/performance.md, "CPU step"). The same kernels as the module's calls, so the same
+    numbers; the running statistics are updated once per block, in order, as by the module."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, bn: _BatchNorm,
