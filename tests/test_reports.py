@@ -157,6 +157,17 @@ def test_local_sweep_runs_the_grid_and_writes_the_table(pushing_shards, tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[1]" not in resumed.stdout and "[2]" in resumed.stdout and f"resuming from {newest[-2]}" in resumed.stdout
     assert list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))[1]["status"] == "done"
+    # a recipe lengthened since (more epochs) continues its finished runs; until then the table calls them incomplete
+    sweep_args = ["sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")]
+    first = run_toolkit(*sweep_args, "--part", "1/2", "--", "--train.epochs=3")
+    assert first.returncode == 0 and "[1]" in first.stdout and "[2]" not in first.stdout, first.stderr[-3000:]
+    assert [r["status"] for r in csv.DictReader(open(tmp_path / "out" / "runs.csv"))] == ["done", "incomplete"]
+    longer = run_toolkit(*sweep_args, "--", "--train.epochs=3")
+    assert longer.returncode == 0 and "[1]" not in longer.stdout and "[2]" in longer.stdout, longer.stderr[-3000:]
+    for row in csv.DictReader(open(tmp_path / "out" / "runs.csv")):
+        final = read_metrics(tmp_path / "out" / row["run"], "final")
+        assert row["status"] == "done" and final[-1]["epoch"] == 3
+    assert "checkpoints/epoch_000002" in first.stdout and "checkpoints/epoch_000002" in longer.stdout
     # a run that fails is reported in the table and makes the sweep exit non-zero
     shutil.rmtree(run)
     failed = run_toolkit("sweep", "local", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"),

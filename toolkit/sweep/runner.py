@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from toolkit.errors import ToolkitError
+from toolkit.config.load import load_config
+from toolkit.errors import ConfigError, ToolkitError
 from toolkit.eval.plots import plot
 from toolkit.fsutil import atomic_write_text
 from toolkit.launcher import launch_args
@@ -37,6 +38,18 @@ def parse_part(part: str | None) -> tuple[int, int]:
     if not 1 <= k <= n:
         raise ToolkitError(f"--part must be K/N with 1 <= K <= N, got {part!r}")
     return k - 1, n
+
+
+def run_finished(run_dir: Path, recipe: str, args: list[str]) -> bool:
+    """Whether the run ended (not stopped by a signal) after as many epochs as `recipe` with `args` asks for
+    now: a sweep whose recipe was lengthened since continues its runs from their newest checkpoints. Arguments
+    that do not make a config leave the run's own record to decide; training reports the error."""
+    final = read_metrics(run_dir, "final")
+    try:
+        epochs = load_config(recipe, args).train.epochs
+    except ConfigError:
+        return ended(final)
+    return ended(final) and final[-1]["epoch"] >= epochs
 
 
 def launch_processes(accelerate: list[str]) -> int:
@@ -86,20 +99,22 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
         name = run_name(config)
         run_dir = out / name
         mine = i % parts == index
-        if mine and not ended(read_metrics(run_dir, "final")):
+        args = [*fixed, *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}", "--train.resume=auto"]
+        if mine and not run_finished(run_dir, recipe, args):
             try:
                 accelerate = launch_args(accelerate_config)
             except (FileNotFoundError, KeyError, ValueError) as e:  # as launcher.main reports them
                 raise ToolkitError(str(e.args[0] if e.args else e)) from None
+            # --train.resume=auto: an interrupted (or lengthened) run continues from its newest checkpoint
             cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *accelerate,
-                   "-m", "toolkit", "train", recipe, *fixed,
-                   *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}",
-                   "--train.resume=auto"]  # an interrupted sweep continues its unfinished run
+                   "-m", "toolkit", "train", recipe, *args]
             print(f"[{i + 1}] {name}", flush=True)
             env = run_env(parts, launch_processes(accelerate))
             if subprocess.run(cmd, env=env).returncode != 0:
                 print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
         summary = summarize_run(run_dir)
+        if summary["status"] == "done" and not run_finished(run_dir, recipe, args):
+            summary["status"] = "incomplete"  # it ended after fewer epochs than the recipe now asks for
         if not mine and summary["status"] == "failed" and not run_dir.exists():
             summary["status"] = "pending"  # another part's run, not started yet
         rows.append({"name": name, "config": config, "run_dir": str(run_dir), "mine": mine, **summary})
