@@ -14,6 +14,7 @@ from conftest import REPO
 from toolkit.config import ModelConfig
 from toolkit.model import SVG, kl_divergence
 from toolkit.model.reference import reference_loss
+from toolkit.model.skip_sum import add_skip_terms
 from toolkit.model.step_norm import batch_norm, per_step_batch_norm
 
 B, T, N_PAST = 3, 5, 2
@@ -117,6 +118,28 @@ def test_decoder_skip_repeats_equal_repeated_skips():
     rows = [0, 1, 2] + [3, 4, 5] * 4  # step 1 uses skip frame 0, steps 2-5 skip frame 1
     expected = model.decoder(h, [s[rows] for s in skips])
     assert torch.allclose(model.decoder(h, skips, [1, 4]), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("skip_repeats", [[1, 4], [2, 1, 3], [5]])
+def test_skip_terms_added_in_place_equal_the_concatenated_sums(memory_format, skip_repeats):
+    # the training step's form (one output, the features' gradient passed through) against the split, broadcast
+    # and cat form it replaced: the same additions and reductions, so exactly equal, in the input's memory format
+    m = 3  # rows per time step
+    y = torch.randn(m * sum(skip_repeats), 4, 8, 8).contiguous(memory_format=memory_format).requires_grad_()
+    s = torch.randn(m * len(skip_repeats), 4, 8, 8).contiguous(memory_format=memory_format).requires_grad_()
+    grad = torch.randn(y.shape).contiguous(memory_format=memory_format)
+    out = add_skip_terms(y, s, skip_repeats)
+    parts = [(y_k.view(r, m, 4, 8, 8) + s_k).flatten(0, 1) for y_k, s_k, r
+             in zip(torch.split(y, [r * m for r in skip_repeats]), torch.split(s, m), skip_repeats)]
+    expected = torch.cat(parts)
+    assert torch.equal(out, expected) and out.is_contiguous(memory_format=memory_format)
+    for got, want in zip(torch.autograd.grad(out, (y, s), grad), torch.autograd.grad(expected, (y, s), grad)):
+        assert torch.equal(got, want) and got.is_contiguous(memory_format=memory_format)
+    # autocast's mixed dtypes take the concatenating form: the same values, promoted
+    y16 = y.detach().bfloat16()
+    mixed = add_skip_terms(y16, s.detach(), skip_repeats)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, add_skip_terms(y16.float(), s.detach(), skip_repeats))
 
 
 def test_bad_shapes_raise():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from toolkit.model.skip_sum import add_skip_terms
 from toolkit.model.step_norm import batch_norm
 
 
@@ -223,11 +224,4 @@ class Decoder(nn.Module):
         _, bn, act = block[0]
         y = conv_on_upsampled(d, w_up, conv.bias, self.taps)
         s = F.conv2d(skip, w_skip, None, padding=1)
-        m = s.shape[0] // len(skip_repeats)  # rows per time step
-        parts = []
-        for y_k, s_k, r in zip(torch.split(y, [r * m for r in skip_repeats]), torch.split(s, m), skip_repeats):
-            # broadcasting, not indexing (a deterministic backward), added and flattened per part: a 5-D cat
-            # would come out NCHW-contiguous, whatever its inputs
-            parts.append((y_k.view(r, m, *y_k.shape[1:]) + s_k).flatten(0, 1))
-        x = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return run_layers(block[1:], act(batch_norm(bn, x, groups)), groups)
+        return run_layers(block[1:], act(batch_norm(bn, add_skip_terms(y, s, skip_repeats), groups)), groups)

@@ -40,16 +40,13 @@ def parse_part(part: str | None) -> tuple[int, int]:
     return k - 1, n
 
 
-def run_finished(run_dir: Path, recipe: str, args: list[str]) -> bool:
-    """Whether the run ended (not stopped by a signal) after as many epochs as `recipe` with `args` asks for
-    now: a sweep whose recipe was lengthened since continues its runs from their newest checkpoints. Arguments
-    that do not make a config leave the run's own record to decide; training reports the error."""
-    final = read_metrics(run_dir, "final")
+def wanted_epochs(recipe: str, args: list[str]) -> int | None:
+    """The epochs `recipe` with `args` asks for now, so that a sweep whose recipe was lengthened since continues
+    its runs from their newest checkpoints; None when the arguments do not make a config (training reports it)."""
     try:
-        epochs = load_config(recipe, args).train.epochs
+        return load_config(recipe, args).train.epochs
     except ConfigError:
-        return ended(final)
-    return ended(final) and final[-1]["epoch"] >= epochs
+        return None
 
 
 def launch_processes(accelerate: list[str]) -> int:
@@ -100,7 +97,8 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
         run_dir = out / name
         mine = i % parts == index
         args = [*fixed, *agent_args(config), *(extra or []), f"--train.run_dir={run_dir}", "--train.resume=auto"]
-        if mine and not run_finished(run_dir, recipe, args):
+        epochs = wanted_epochs(recipe, args)
+        if mine and not ended(read_metrics(run_dir, "final"), epochs):
             try:
                 accelerate = launch_args(accelerate_config)
             except (FileNotFoundError, KeyError, ValueError) as e:  # as launcher.main reports them
@@ -112,9 +110,7 @@ def local_sweep(path: str | Path, out: str | Path, max_runs: int | None = None, 
             env = run_env(parts, launch_processes(accelerate))
             if subprocess.run(cmd, env=env).returncode != 0:
                 print(f"[{i + 1}] {name}: failed (see the output above)", flush=True)
-        summary = summarize_run(run_dir)
-        if summary["status"] == "done" and not run_finished(run_dir, recipe, args):
-            summary["status"] = "incomplete"  # it ended after fewer epochs than the recipe now asks for
+        summary = summarize_run(run_dir, epochs)
         if not mine and summary["status"] == "failed" and not run_dir.exists():
             summary["status"] = "pending"  # another part's run, not started yet
         rows.append({"name": name, "config": config, "run_dir": str(run_dir), "mine": mine, **summary})

@@ -13,18 +13,20 @@ from toolkit.sweep.stats import mean_ci95
 from toolkit.train.runlog import read_metrics
 
 
-def ended(final: list[dict]) -> bool:
-    """Whether a run's final records say it ran to its end (not stopped by a signal)."""
-    return bool(final) and not final[-1]["stopped"]
+def ended(final: list[dict], epochs: int | None = None) -> bool:
+    """Whether a run's final records say it ran to its end (not stopped by a signal), and, given `epochs`,
+    after at least that many: a run whose recipe was lengthened since has not ended."""
+    return bool(final) and not final[-1]["stopped"] and (epochs is None or final[-1]["epoch"] >= epochs)
 
 
-def summarize_run(run_dir: Path) -> dict:
+def summarize_run(run_dir: Path, epochs: int | None = None) -> dict:
+    """A run's best and last validation; status "done" once it `ended` (after `epochs`, when given)."""
     val = read_metrics(run_dir, "val")
     final = read_metrics(run_dir, "final")
     if not val:
         return {"status": "failed" if not final else "no validation"}
     best, last = max(val, key=lambda r: r["psnr"]), val[-1]
-    return {"status": "done" if ended(final) else "incomplete",
+    return {"status": "done" if ended(final, epochs) else "incomplete",
             "best_psnr": best["psnr"], "best_epoch": best["epoch"] + 1, "final_psnr": last["psnr"],
             "final_ssim": last["ssim"], "baseline_psnr": last["baseline_psnr"], "epochs": last["epoch"] + 1,
             # absent from runs older than the motion-region PSNR and the latent diagnostics
