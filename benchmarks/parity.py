@@ -39,7 +39,8 @@ DEMO = REPO / "recipes" / "train" / "demo.yaml"
 
 def overrides(args, seed: int) -> list[str]:
     return [f"--train.seed={seed}", f"--train.epochs={args.epochs}", f"--train.epoch_size={args.epoch_size}",
-            "--data.batch_size=8", "--data.num_workers=1", f"--data.shards={args.shards}", "--schedule.tfr=1.0"]
+            "--data.batch_size=8", "--data.num_workers=1", f"--data.shards={args.shards}", "--schedule.tfr=1.0",
+            "--optim.lr_schedule=constant"]  # the reference's rate (the demo decays it along a cosine)
 
 
 def toolkit_side(args, seed: int) -> dict:
