@@ -97,7 +97,8 @@ def test_resume_after_kill_9_logs_the_same_losses(tmp_path, shards):
 def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path, shards):
     # The signal goes once 5 steps are logged; 115 more (~7 s) leave room for a busy CI machine to
     # deliver it: with 40, a loaded machine once let the epoch end first.
-    path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": 120, "eval_every": 1})
+    epoch_size = 120
+    path = recipe(tmp_path, shards, train={"epochs": 1, "epoch_size": epoch_size, "eval_every": 1})
     run, proc, out, err = interrupted_run(tmp_path, path, lambda run: len(read_metrics(run, "step")) >= 5,
                                          signal.SIGTERM)
     assert proc.returncode == 0, err[-3000:]
@@ -105,7 +106,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path, shards):
     saved = list_checkpoints(run)
     assert len(saved) == 1 and "_step_" in saved[0].name
     state, _ = read_checkpoint_meta(saved[0])
-    assert state.epoch == 0 and 5 <= state.step_in_epoch < 120 and state.global_step == state.step_in_epoch
+    assert state.epoch == 0 and 5 <= state.step_in_epoch < epoch_size and state.global_step == state.step_in_epoch
     assert read_metrics(run, "final")[-1]["stopped"] is True
     resumed = cvae("train", str(path), "--train.run_dir=" + str(run), "--train.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
