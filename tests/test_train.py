@@ -296,3 +296,35 @@ def test_compiled_training_matches_eager_and_keeps_the_checkpoint_format(tmp_pat
         assert (grad - eager_grads[name]).abs().max().item() <= 1e-3 * scale + 1e-8, name
     # compiled in place: the state dict, hence the checkpoints, are the eager model's (no `_orig_mod.` prefixes)
     assert models["true"].state_dict().keys() == models["false"].state_dict().keys()
+
+
+def test_batchnorm_reestimation_of_a_compiled_model_runs_eager_with_the_eager_statistics(tmp_path, shards,
+                                                                                         monkeypatch):
+    # Re-estimation sets momentum None, whose `.item()` broke dynamo's graph in every BatchNorm layer: each
+    # layer's norm recompiled (hitting the recompile limit) and the training frames were skipped afterwards.
+    import contextlib
+    import functools
+    from types import SimpleNamespace
+
+    from torch._dynamo.utils import counters
+
+    from toolkit.train.batchnorm import batchnorm_layers, reestimate_batchnorm
+    from toolkit.train.setup import build_model
+
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        functools.partialmethod(torch.nn.Module.compile, backend="aot_eager"))
+    path = recipe(tmp_path, shards)
+    args = {"cond_dim": 7, "n_past": 2, "channels": 3}
+    acc = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_processes=1,
+                          autocast=contextlib.nullcontext)
+    stats = {}
+    for flag in ("false", "true"):
+        cfg = load_config(path, [f"--train.compile={flag}"])
+        model = build_model(cfg, args).train()
+        counters.clear()
+        reestimate_batchnorm(model, shards, cfg, acc, epoch=1, batches=2)
+        assert not counters["graph_break"] and not counters["stats"]["unique_graphs"], flag
+        stats[flag] = [torch.cat([m.running_mean, m.running_var]) for m in batchnorm_layers(model)]
+    assert len(stats["true"]) == len(stats["false"]) > 0
+    for compiled, eager in zip(stats["true"], stats["false"]):
+        assert torch.equal(compiled, eager)  # the same eager arithmetic on the same batches and noise

@@ -59,7 +59,9 @@ def reestimate_batchnorm(model: torch.nn.Module, manifest, cfg, acc, epoch: int,
         m.momentum, m.track_running_stats = None, True  # a cumulative average
     was_training = model.training
     devices = [acc.device] if acc.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), acc.autocast():
+    # Eager even under train.compile: momentum None makes BatchNorm read num_batches_tracked with `.item()`, a
+    # graph break that recompiled every layer's norm and then left the training step's frames skipped (eager).
+    with torch.random.fork_rng(devices=devices), acc.autocast(), torch.compiler.set_stance("force_eager"):
         torch.manual_seed(batchnorm_seed(cfg.train.seed, epoch))  # the posterior's noise
         model.train()
         for batch in loader:
