@@ -34,6 +34,20 @@ def recipe(tmp_path: Path, shards: str, name: str = "recipe.yaml", **sections) -
     return tiny_recipe(tmp_path / name, shards, tmp_path / "run", **sections)
 
 
+@pytest.fixture
+def aot_eager_compile(monkeypatch):
+    """`Module.compile` with the "aot_eager" backend: dynamo and AOT autograd without inductor (see the compiled
+    training test for why)."""
+    import functools
+
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        functools.partialmethod(torch.nn.Module.compile, backend="aot_eager"))
+
+
+PUSHING_MODEL_ARGS = {"cond_dim": 7, "n_past": 2, "channels": 3}
+"""`setup.build_model`'s data arguments for the pushing shards."""
+
+
 cvae = run_toolkit
 
 
@@ -258,24 +272,18 @@ def test_a_sweep_agent_run_gets_its_own_run_dir_and_run_id(tmp_path, shards):
     assert (run / "wandb_run_id").read_text().strip() == run.name
 
 
-def test_compiled_training_matches_eager_and_keeps_the_checkpoint_format(tmp_path, shards, monkeypatch):
+def test_compiled_training_matches_eager_and_keeps_the_checkpoint_format(tmp_path, shards, aot_eager_compile):
     # The trainer's model as `cvae train --train.compile=true` builds it (`setup.build_model`): one teacher-forced
     # step's loss and gradients against the eager model's, at equal weights and noise. Dynamo's capture and AOT
     # autograd's joint graph are what this checks, through the "aot_eager" backend: inductor's C++ code generation
     # takes 7 minutes for this step on a 2-core CPU. Inductor itself runs in tests/test_cuda.py (GPU) and in
     # `benchmarks/throughput.py --compile on` (CPU).
-    import functools
-
     from torch._dynamo.utils import counters
 
     from toolkit.train.setup import build_model
 
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        functools.partialmethod(torch.nn.Module.compile, backend="aot_eager"))
-
     path = recipe(tmp_path, shards)
-    args = {"cond_dim": 7, "n_past": 2, "channels": 3}
-    models = {flag: build_model(load_config(path, [f"--train.compile={flag}"]), args).train()
+    models = {flag: build_model(load_config(path, [f"--train.compile={flag}"]), PUSHING_MODEL_ARGS).train()
               for flag in ("false", "true")}
     g = torch.Generator().manual_seed(3)
     frames, cond = torch.rand(4, 12, 3, 64, 64, generator=g), torch.randn(4, 12, 7, generator=g)
@@ -299,11 +307,10 @@ def test_compiled_training_matches_eager_and_keeps_the_checkpoint_format(tmp_pat
 
 
 def test_batchnorm_reestimation_of_a_compiled_model_runs_eager_with_the_eager_statistics(tmp_path, shards,
-                                                                                         monkeypatch):
+                                                                                         aot_eager_compile):
     # Re-estimation sets momentum None, whose `.item()` broke dynamo's graph in every BatchNorm layer: each
     # layer's norm recompiled (hitting the recompile limit) and the training frames were skipped afterwards.
     import contextlib
-    import functools
     from types import SimpleNamespace
 
     from torch._dynamo.utils import counters
@@ -311,16 +318,13 @@ def test_batchnorm_reestimation_of_a_compiled_model_runs_eager_with_the_eager_st
     from toolkit.train.batchnorm import batchnorm_layers, reestimate_batchnorm
     from toolkit.train.setup import build_model
 
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        functools.partialmethod(torch.nn.Module.compile, backend="aot_eager"))
     path = recipe(tmp_path, shards)
-    args = {"cond_dim": 7, "n_past": 2, "channels": 3}
     acc = SimpleNamespace(device=torch.device("cpu"), process_index=0, num_processes=1,
                           autocast=contextlib.nullcontext)
     stats = {}
     for flag in ("false", "true"):
         cfg = load_config(path, [f"--train.compile={flag}"])
-        model = build_model(cfg, args).train()
+        model = build_model(cfg, PUSHING_MODEL_ARGS).train()
         counters.clear()
         reestimate_batchnorm(model, shards, cfg, acc, epoch=1, batches=2)
         assert not counters["graph_break"] and not counters["stats"]["unique_graphs"], flag
