@@ -75,9 +75,9 @@ def test_shapes_and_loss(cond_dim, prior, skip_from):
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
 @pytest.mark.parametrize("tf", [True, False])
-@pytest.mark.parametrize("predictor_bn", [True, False])
-def test_every_parameter_gets_a_gradient(prior, tf, predictor_bn):
-    model = tiny(prior, predictor_bn=predictor_bn)
+@pytest.mark.parametrize("predictor_bn,decoder_cond", [(True, False), (False, False), (False, True)])
+def test_every_parameter_gets_a_gradient(prior, tf, predictor_bn, decoder_cond):
+    model = tiny(prior, predictor_bn=predictor_bn, decoder_cond=decoder_cond)
     frames, cond = batch()
     model(frames, cond, teacher_forcing=tf, beta=0.1)["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -184,10 +184,11 @@ def test_batch_statistics_differ_from_the_reference_loop_in_training_mode():
     assert not torch.allclose(out["mse"], reference_loss(ref, frames, cond, 0.3, noise=noise)["mse"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bn_stats", ["step", "batch"])
+@pytest.mark.parametrize("bn_stats,decoder_cond", [("step", False), ("batch", False), ("step", True)])
 @pytest.mark.parametrize("tf", [True, False])
-def test_forward_equals_the_reference_loop_in_eval_mode(bn_stats, tf):
-    model = tiny("learned", bn_stats=bn_stats, predictor_bn=True)
+def test_forward_equals_the_reference_loop_in_eval_mode(bn_stats, decoder_cond, tf):
+    """The per-step loop equals the batched calls, the decoder's conditioning rows (decoder_cond) included."""
+    model = tiny("learned", bn_stats=bn_stats, predictor_bn=True, decoder_cond=decoder_cond)
     frames, cond = batch(t=6)
     calibrate_bn(model, frames, cond)
     model, frames, cond = model.double(), frames.double(), cond.double()
@@ -330,14 +331,15 @@ print(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in model.parameters
     assert len({r.stdout for r in runs}) == 1
 
 
-@pytest.mark.parametrize("prior", ["fixed", "learned"])
-def test_the_folded_inference_copy_generates_what_the_model_does(prior):
+@pytest.mark.parametrize("prior,decoder_cond", [("fixed", False), ("learned", False), ("fixed", True)])
+def test_the_folded_inference_copy_generates_what_the_model_does(prior, decoder_cond):
     from toolkit.model.inference import folded
 
     frames, cond = batch()
     # calibrated running statistics (far from their (0, 1) start, so folding them matters) and a predictor
     # BatchNorm that makes z matter, as test_generate_uses_the_given_noise
-    model = calibrate_bn(tiny(prior, predictor_bn=True), frames, cond).to(memory_format=torch.channels_last)
+    model = calibrate_bn(tiny(prior, predictor_bn=True, decoder_cond=decoder_cond), frames, cond).to(
+        memory_format=torch.channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     copy_ = folded(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy_.modules())
@@ -354,11 +356,12 @@ def test_the_folded_inference_copy_generates_what_the_model_does(prior):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_decoding_with_precomputed_skip_terms_equals_decoding_with_skips(channels_last):
+@pytest.mark.parametrize("decoder_cond", [False, True])
+def test_decoding_with_precomputed_skip_terms_equals_decoding_with_skips(channels_last, decoder_cond):
     from toolkit.model.inference import folded
 
     frames, cond = batch()
-    model = calibrate_bn(tiny(), frames, cond)
+    model = calibrate_bn(tiny(decoder_cond=decoder_cond), frames, cond)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x = frames[:, 0].contiguous(memory_format=torch.channels_last) if channels_last else frames[:, 0]
@@ -366,8 +369,8 @@ def test_decoding_with_precomputed_skip_terms_equals_decoding_with_skips(channel
     with torch.no_grad():
         for m in (model, folded(model)):
             _, skips = m.encoder(x)
-            expected = m.decoder(h, skips)
-            got = m.decoder.decode_with_terms(h, m.decoder.skip_terms(skips))
+            expected = m.decoder(h, skips, cond=cond[:, 0])
+            got = m.decoder.decode_with_terms(h, m.decoder.skip_terms(skips), cond[:, 0])
             # float32 reassociation only, through the calibrated BatchNorms' gains: 2.8e-6 measured
             assert (expected - got).abs().max() < 1e-5 and expected.std() > 1e-2
             assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -425,3 +428,19 @@ def test_rows_gradient_equals_the_slices_and_keeps_the_memory_format(channels_la
     expected[start:end] = weight
     assert torch.equal(x.grad, expected)  # zeros outside the rows, every one of them written
     assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_decoder_cond_moves_what_the_decoder_draws_with_the_conditioning_and_checks_its_shape():
+    """model.decoder_cond: the same h and skips drawn under two conditioning rows differ (without it the decoder
+    never reads cond); the coordinate bias is in every block; a wrong cond is one clear error."""
+    frames, cond = batch()
+    plain, spatial = (calibrate_bn(tiny(decoder_cond=d), frames, cond) for d in (False, True))
+    h, other = torch.randn(B, 16), cond[:, 0] + 1.0
+    with torch.no_grad():
+        for m, moves in ((plain, False), (spatial, True)):
+            _, skips = m.encoder(frames[:, 0])
+            a, b = m.decoder(h, skips, cond=cond[:, 0]), m.decoder(h, skips, cond=other)
+            assert ((a - b).abs().max() > 1e-4) == moves
+        with pytest.raises(ValueError, match=r"need cond \[3, 7\]"):
+            spatial.decoder(h, skips, cond=cond[:, 0, :4])
+    assert [tuple(w.shape) for w in spatial.decoder.spatial.coords] == [(64, 2), (32, 2), (16, 2), (8, 2)]

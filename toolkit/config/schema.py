@@ -64,6 +64,10 @@ class ModelConfig:
     bn_stats: str = "step"
     """Training-mode BatchNorm statistics of the batched encoder/decoder calls: `step` (per time step over the B
     sequences, as the reference's per-step calls) or `batch` (one statistic over all B*T frames of a call)."""
+    decoder_cond: bool = False
+    """Where-conditioning of the decoder (not in SVG): each skip block's first layer gets a learned bias linear in
+    the pixel's coordinates and the step's conditioning row, so the decoder can draw the arm where the actions put
+    it (CoordConv, Liu et al. 2018; toolkit/model/spatial_cond.py). Off: the reference's decoder."""
 
 
 @dataclass

@@ -104,7 +104,7 @@ class SVG(nn.Module):
             raise ConfigError("model: skip_from 'reference' (skips from x_{n_past-2}) needs n_past >= 2")
         self.cfg, self.cond_dim, self.n_past, self.channels = cfg, cond_dim, n_past, channels
         self.encoder = Encoder(cfg.g_dim, channels, cfg.width)
-        self.decoder = Decoder(cfg.g_dim, channels, cfg.width)
+        self.decoder = Decoder(cfg.g_dim, channels, cfg.width, cond_dim, cfg.decoder_cond)
         self.predictor = LSTM(cfg.g_dim + cfg.z_dim + cond_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers,
                               batch_norm=cfg.predictor_bn)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
@@ -149,7 +149,7 @@ class SVG(nn.Module):
         z, mu, logvar = self._posterior(enc, noise)
         prior = self.prior(enc.h[:-1], sample=False)[0][1:] if self.prior is not None else None
         h_pred, _ = self.predictor(torch.cat([enc.h[:-1], z, enc.cond[:-1]], 2))
-        x_pred = self._decode_steps(h_pred, enc.skips, range(1, frames.shape[1]))
+        x_pred = self._decode_steps(h_pred, enc.skips, enc.cond, range(1, frames.shape[1]))
         return self._loss(x_pred, enc, mu, logvar, prior, beta)
 
     def free_running_loss(self, frames: torch.Tensor, cond: torch.Tensor, beta: float | torch.Tensor = 1.0,
@@ -168,7 +168,7 @@ class SVG(nn.Module):
             (_, pmu, plogvar), prior_state = call("prior", 0, enc.h[:k], sample=False)
             prior_stats.append((pmu, plogvar))
         h_pred, pred_state = call("predictor", 0, torch.cat([enc.h[:k], z[:k], enc.cond[:k]], 2))
-        preds = [self._decode_steps(h_pred, enc.skips, range(1, k + 1), partial(call, "decoder", 0))]
+        preds = [self._decode_steps(h_pred, enc.skips, enc.cond, range(1, k + 1), partial(call, "decoder", 0))]
         x_prev = preds[0].unbind(0)[-1]  # unbind, not select: one stack in the backward
         preds[0] = preds[0].flatten(0, 1)  # 4-D: a 5-D cat would come out NCHW whatever its inputs' format
         fixed: dict[int, list[tuple[torch.Tensor, ...]]] = {}  # skips of a ground-truth frame, one view per step
@@ -186,7 +186,7 @@ class SVG(nn.Module):
                     fixed[j] = [rows(m, j * B, (j + 1) * B)[None].expand(T - 1 - k, B, *m.shape[1:]).unbind(0)
                                 for m in enc.skips]
                 skips = [v[s - 1] for v in fixed[j]]
-            x_prev = call("decoder", s, h_pred.view(B, -1), skips)
+            x_prev = call("decoder", s, h_pred.view(B, -1), skips, cond=enc.cond[i - 1])
             preds.append(x_prev)
         prior = tuple(torch.cat(p) for p in zip(*prior_stats)) if prior_stats else None
         return self._loss(torch.cat(preds).view(T - 1, B, *x_prev.shape[1:]), enc, mu, logvar, prior, beta)
@@ -214,10 +214,10 @@ class SVG(nn.Module):
             raise ValueError(f"SVG: need noise [T-1, B, {self.cfg.z_dim}], got {tuple(noise.shape)}")
         return self.posterior(enc.h[1:], eps=noise)[0]
 
-    def _decode_steps(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], steps: range,
+    def _decode_steps(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], cond: torch.Tensor, steps: range,
                       decoder=None) -> torch.Tensor:
-        """Decode h_pred [S, B, g_dim] (steps `steps`, in order) in one call of `decoder` (the module's own by
-        default) -> [S, B, C, H, W].
+        """Decode h_pred [S, B, g_dim] (steps `steps`, in order; cond [T, B, D], row i-1 for step i) in one call of
+        `decoder` (the module's own by default) -> [S, B, C, H, W].
 
         Skips come from frames `skip_source(i)` of skips_all (time-major rows); when several steps share a
         skip frame, only the distinct frames are passed, with how many consecutive steps each serves."""
@@ -227,7 +227,8 @@ class SVG(nn.Module):
         skips = [rows(s, frames[0] * B, (frames[-1] + 1) * B) for s in skips_all]
         repeats = None if len(frames) == S else [idx.count(j) for j in frames]
         groups = S if self.cfg.bn_stats == "step" else 1
-        x = (decoder or self.decoder)(h_pred.reshape(S * B, -1), skips, repeats, groups=groups)
+        c = cond[steps.start - 1:steps.stop - 1].reshape(S * B, -1)
+        x = (decoder or self.decoder)(h_pred.reshape(S * B, -1), skips, repeats, groups=groups, cond=c)
         return x.view(S, B, *x.shape[1:])
 
     def _loss(self, x_pred: torch.Tensor, enc: Encoded, mu: torch.Tensor, logvar: torch.Tensor,

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from toolkit.model.skip_sum import add_skip_terms
+from toolkit.model.spatial_cond import SpatialCond
 from toolkit.model.step_norm import batch_norm
 
 
@@ -148,9 +149,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(h [N, g_dim], skips from `Encoder`) -> frames [N, C, 64, 64] in (0, 1)."""
+    """(h [N, g_dim], skips from `Encoder`) -> frames [N, C, 64, 64] in (0, 1). With `spatial`, each skip
+    block's first layer also gets `SpatialCond`'s bias from the pixel coordinates and cond [N, cond_dim]."""
 
-    def __init__(self, g_dim: int, channels: int = 3, width: float = 1.0) -> None:
+    def __init__(self, g_dim: int, channels: int = 3, width: float = 1.0, cond_dim: int = 0,
+                 spatial: bool = False) -> None:
         super().__init__()
         c1, c2, c3, c4 = (scaled(c, width) for c in (64, 128, 256, 512))
         self.g_dim = g_dim
@@ -161,6 +164,7 @@ class Decoder(nn.Module):
         self.upc4 = nn.Sequential(VGGLayer(c2 * 2, c2), VGGLayer(c2, c1))  # 32 x 32
         self.upc5 = nn.Sequential(VGGLayer(c1 * 2, c1), nn.ConvTranspose2d(c1, channels, 3, 1, 1), nn.Sigmoid())
         self.up = nn.UpsamplingNearest2d(scale_factor=2)
+        self.spatial = SpatialCond([c4, c3, c2, c1], cond_dim) if spatial else None
         self.register_buffer("taps", torch.tensor(UPSAMPLED_TAPS), persistent=False)  # for conv_on_upsampled
 
     def skip_terms(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -178,29 +182,37 @@ class Decoder(nn.Module):
         """The four decoder blocks that take a skip, from 8x8 to 64x64."""
         return self.upc2, self.upc3, self.upc4, self.upc5
 
-    def decode_with_terms(self, h: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
-        """`forward(h, skips)` given `skip_terms(skips)` (evaluation mode: no BatchNorm groups) -> [N, C, 64, 64]."""
+    def decode_with_terms(self, h: torch.Tensor, terms: list[torch.Tensor],
+                          cond: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward(h, skips, cond=cond)` given `skip_terms(skips)` (evaluation mode: no BatchNorm groups) ->
+        [N, C, 64, 64]."""
         d = self._from_point(h, 1)
-        for block, term in zip(self.blocks(), terms):
+        for k, (block, term) in enumerate(zip(self.blocks(), terms)):
             conv, w_up, _ = self._split_first_conv(block, d.shape[1])
             _, bn, act = block[0]  # bn is an Identity in the folded inference copy
-            d = run_layers(block[1:], act(bn(conv_on_upsampled(d, w_up, conv.bias, self.taps) + term)), 1)
+            d = run_layers(block[1:], act(self._where(k, bn(conv_on_upsampled(d, w_up, conv.bias, self.taps)
+                                                            + term), cond)), 1)
         return d
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], skip_repeats: list[int] | None = None,
-                groups: int = 1) -> torch.Tensor:
+                groups: int = 1, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Decode h [N, g_dim] with skips [N, ...] (the reference), or, given `skip_repeats` [r_0, r_1, ...],
         with skips of len(r) blocks of M = N / sum(r) rows where block k serves the next r_k blocks of M rows
         of h (consecutive time steps sharing a skip frame): the skip half of each decoder block's first
         convolution then runs once per distinct skip frame instead of once per output (the same result, less
-        work). `groups` > 1: BatchNorm statistics per time step, as in `Encoder.forward`."""
+        work). `groups` > 1: BatchNorm statistics per time step, as in `Encoder.forward`. cond [N, cond_dim]:
+        the conditioning row of each output, read only with `spatial`."""
         d = self._from_point(h, groups)
-        for block, skip in zip(self.blocks(), skips[::-1]):
-            if skip_repeats is None:
+        for k, (block, skip) in enumerate(zip(self.blocks(), skips[::-1])):
+            if skip_repeats is None and self.spatial is None:
                 d = run_layers(block, torch.cat([self.up(d), skip], 1), groups)
             else:
-                d = self._block(block, d, skip, skip_repeats, groups)
+                d = self._block(k, block, d, skip, skip_repeats or [1], groups, cond)
         return d
+
+    def _where(self, k: int, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """x plus block k's `SpatialCond` bias, or x without `spatial`."""
+        return x if self.spatial is None else self.spatial(k, x, cond)
 
     def _from_point(self, h: torch.Tensor, groups: int) -> torch.Tensor:
         """The first block: h [N, g_dim] -> 4x4 maps [N, C, 4, 4], in the decoder's memory format."""
@@ -217,11 +229,12 @@ class Decoder(nn.Module):
         w_up, w_skip = torch.split(conv.weight, [n_up, conv.weight.shape[1] - n_up], dim=1)
         return conv, w_up, w_skip
 
-    def _block(self, block: nn.Sequential, d: torch.Tensor, skip: torch.Tensor, skip_repeats: list[int],
-               groups: int) -> torch.Tensor:
-        """A skip block on the previous block's maps d [N, C, H, W] (not yet upsampled) -> [N, C', 2H, 2W]."""
+    def _block(self, k: int, block: nn.Sequential, d: torch.Tensor, skip: torch.Tensor, skip_repeats: list[int],
+               groups: int, cond: torch.Tensor | None) -> torch.Tensor:
+        """Skip block k on the previous block's maps d [N, C, H, W] (not yet upsampled) -> [N, C', 2H, 2W]."""
         conv, w_up, w_skip = Decoder._split_first_conv(block, d.shape[1])
         _, bn, act = block[0]
         y = conv_on_upsampled(d, w_up, conv.bias, self.taps)
         s = F.conv2d(skip, w_skip, None, padding=1)
-        return run_layers(block[1:], act(batch_norm(bn, add_skip_terms(y, s, skip_repeats), groups)), groups)
+        x = batch_norm(bn, add_skip_terms(y, s, skip_repeats), groups)
+        return run_layers(block[1:], act(self._where(k, x, cond)), groups)
