@@ -75,7 +75,7 @@ def test_shapes_and_loss(cond_dim, prior, skip_from):
 
 @pytest.mark.parametrize("prior", ["fixed", "learned"])
 @pytest.mark.parametrize("tf", [True, False])
-@pytest.mark.parametrize("predictor_bn,decoder_cond", [(True, False), (False, False), (False, True)])
+@pytest.mark.parametrize("predictor_bn,decoder_cond", [(True, "none"), (False, "none"), (False, "step_and_skip")])
 def test_every_parameter_gets_a_gradient(prior, tf, predictor_bn, decoder_cond):
     model = tiny(prior, predictor_bn=predictor_bn, decoder_cond=decoder_cond)
     frames, cond = batch()
@@ -184,7 +184,8 @@ def test_batch_statistics_differ_from_the_reference_loop_in_training_mode():
     assert not torch.allclose(out["mse"], reference_loss(ref, frames, cond, 0.3, noise=noise)["mse"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bn_stats,decoder_cond", [("step", False), ("batch", False), ("step", True)])
+@pytest.mark.parametrize("bn_stats,decoder_cond", [("step", "none"), ("batch", "none"), ("step", "step"),
+                                                   ("step", "step_and_skip")])
 @pytest.mark.parametrize("tf", [True, False])
 def test_forward_equals_the_reference_loop_in_eval_mode(bn_stats, decoder_cond, tf):
     """The per-step loop equals the batched calls, the decoder's conditioning rows (decoder_cond) included."""
@@ -331,7 +332,7 @@ print(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in model.parameters
     assert len({r.stdout for r in runs}) == 1
 
 
-@pytest.mark.parametrize("prior,decoder_cond", [("fixed", False), ("learned", False), ("fixed", True)])
+@pytest.mark.parametrize("prior,decoder_cond", [("fixed", "none"), ("learned", "none"), ("fixed", "step_and_skip")])
 def test_the_folded_inference_copy_generates_what_the_model_does(prior, decoder_cond):
     from toolkit.model.inference import folded
 
@@ -356,7 +357,7 @@ def test_the_folded_inference_copy_generates_what_the_model_does(prior, decoder_
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("decoder_cond", [False, True])
+@pytest.mark.parametrize("decoder_cond", ["none", "step"])
 def test_decoding_with_precomputed_skip_terms_equals_decoding_with_skips(channels_last, decoder_cond):
     from toolkit.model.inference import folded
 
@@ -434,7 +435,7 @@ def test_decoder_cond_moves_what_the_decoder_draws_with_the_conditioning_and_che
     """model.decoder_cond: the same h and skips drawn under two conditioning rows differ (without it the decoder
     never reads cond); the coordinate bias is in every block; a wrong cond is one clear error."""
     frames, cond = batch()
-    plain, spatial = (calibrate_bn(tiny(decoder_cond=d), frames, cond) for d in (False, True))
+    plain, spatial = (calibrate_bn(tiny(decoder_cond=d), frames, cond) for d in ("none", "step"))
     h, other = torch.randn(B, 16), cond[:, 0] + 1.0
     with torch.no_grad():
         for m, moves in ((plain, False), (spatial, True)):

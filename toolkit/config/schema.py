@@ -64,10 +64,12 @@ class ModelConfig:
     bn_stats: str = "step"
     """Training-mode BatchNorm statistics of the batched encoder/decoder calls: `step` (per time step over the B
     sequences, as the reference's per-step calls) or `batch` (one statistic over all B*T frames of a call)."""
-    decoder_cond: bool = False
-    """Where-conditioning of the decoder (not in SVG): each skip block's first layer gets a learned bias linear in
-    the pixel's coordinates and the step's conditioning row, so the decoder can draw the arm where the actions put
-    it (CoordConv, Liu et al. 2018; toolkit/model/spatial_cond.py). Off: the reference's decoder."""
+    decoder_cond: str = "none"
+    """Where-conditioning of the decoder (not in SVG; toolkit/model/spatial_cond.py): each skip block's first layer
+    gets a learned bias linear in the pixel's coordinates and in conditioning rows, so the decoder can draw the arm
+    where the actions put it (CoordConv, Liu et al. 2018). `none`: the reference's decoder; `step`: the row the
+    predictor reads (cond_{i-1} for frame i); `step_and_skip`: that row and the row of the frame the skips come
+    from (where the arm it must paint over is)."""
 
 
 @dataclass
@@ -202,6 +204,7 @@ CHOICES = {
     "optim.lr_schedule": ("constant", "cosine"),
     "model.skip_from": ("reference", "last_context", "previous"),
     "model.bn_stats": ("step", "batch"),
+    "model.decoder_cond": ("none", "step", "step_and_skip"),
     "schedule.kl_anneal": ("monotonic", "cyclical", "none"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "train.eval_precision": ("no", "bf16", "fp16"),

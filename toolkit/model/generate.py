@@ -60,7 +60,7 @@ def generate(model, past: torch.Tensor, cond: torch.Tensor, n_future: int,
             terms = fixed[j]
         else:  # skips of the previous prediction (skip_from: previous)
             terms = model.decoder.skip_terms(frame_skips)
-        out.append(model.decoder.decode_with_terms(h_pred[0], terms, c[i - 1]))
+        out.append(model.decoder.decode_with_terms(h_pred[0], terms, model.decoder_rows(c, [i])))
         if i + 1 < n_past + n_future:
             h_in, frame_skips = model.encoder(out[-1])
     return torch.stack(out, 1)

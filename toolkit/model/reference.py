@@ -76,9 +76,8 @@ def reference_loss(model: SVG, frames: torch.Tensor, cond: torch.Tensor, beta: f
         (z_t, mu, logvar), post = _gaussian(model.posterior, h_target, post, None if noise is None else noise[i - 1])
         h_pred, pred = _cells(model.predictor, torch.cat([h, z_t, cond[:, i - 1]], 1), pred)
         h_pred = model.predictor.output(h_pred)
-        # model.decoder_cond (not in the reference) reads the row the predictor reads
-        x_pred = model.decoder(h_pred, skip, cond=cond[:, i - 1]) if model.cfg.decoder_cond else model.decoder(
-            h_pred, skip)
+        # model.decoder_cond is not in the reference: the rows the batched model's decoder reads
+        x_pred = model.decoder(h_pred, skip, cond=model.decoder_rows(cond.transpose(0, 1), [i]))
         mse = mse + F.mse_loss(x_pred, frames[:, i])
         if model.prior is None:
             kld = kld - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch_size

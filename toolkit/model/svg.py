@@ -93,7 +93,7 @@ class SVG(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cond_dim: int, n_past: int, channels: int = 3) -> None:
         super().__init__()
-        for key in ("prior", "skip_from", "bn_stats"):
+        for key in ("prior", "skip_from", "bn_stats", "decoder_cond"):
             choices = CHOICES[f"model.{key}"]
             if getattr(cfg, key) not in choices:
                 raise ConfigError(f"model: 'model.{key}' must be one of {', '.join(choices)}, got "
@@ -104,7 +104,8 @@ class SVG(nn.Module):
             raise ConfigError("model: skip_from 'reference' (skips from x_{n_past-2}) needs n_past >= 2")
         self.cfg, self.cond_dim, self.n_past, self.channels = cfg, cond_dim, n_past, channels
         self.encoder = Encoder(cfg.g_dim, channels, cfg.width)
-        self.decoder = Decoder(cfg.g_dim, channels, cfg.width, cond_dim, cfg.decoder_cond)
+        rows = {"none": 0, "step": 1, "step_and_skip": 2}[cfg.decoder_cond]
+        self.decoder = Decoder(cfg.g_dim, channels, cfg.width, rows * cond_dim, rows > 0)
         self.predictor = LSTM(cfg.g_dim + cfg.z_dim + cond_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers,
                               batch_norm=cfg.predictor_bn)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
@@ -186,7 +187,7 @@ class SVG(nn.Module):
                     fixed[j] = [rows(m, j * B, (j + 1) * B)[None].expand(T - 1 - k, B, *m.shape[1:]).unbind(0)
                                 for m in enc.skips]
                 skips = [v[s - 1] for v in fixed[j]]
-            x_prev = call("decoder", s, h_pred.view(B, -1), skips, cond=enc.cond[i - 1])
+            x_prev = call("decoder", s, h_pred.view(B, -1), skips, cond=self.decoder_rows(enc.cond, [i]))
             preds.append(x_prev)
         prior = tuple(torch.cat(p) for p in zip(*prior_stats)) if prior_stats else None
         return self._loss(torch.cat(preds).view(T - 1, B, *x_prev.shape[1:]), enc, mu, logvar, prior, beta)
@@ -214,6 +215,17 @@ class SVG(nn.Module):
             raise ValueError(f"SVG: need noise [T-1, B, {self.cfg.z_dim}], got {tuple(noise.shape)}")
         return self.posterior(enc.h[1:], eps=noise)[0]
 
+    def decoder_rows(self, cond: torch.Tensor, steps: list[int] | range) -> torch.Tensor | None:
+        """The decoder's conditioning (`model.decoder_cond`) of consecutive steps, from time-major cond [T, B, D]:
+        [S*B, D] (`step`: row i-1 for step i), [S*B, 2D] (`step_and_skip`: and row `skip_source(i)`), step-major,
+        or None."""
+        if self.cfg.decoder_cond == "none":
+            return None
+        rows = cond[steps[0] - 1:steps[-1]]
+        if self.cfg.decoder_cond == "step_and_skip":
+            rows = torch.cat([rows, cond[[self.skip_source(i) for i in steps]]], 2)
+        return rows.flatten(0, 1)
+
     def _decode_steps(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], cond: torch.Tensor, steps: range,
                       decoder=None) -> torch.Tensor:
         """Decode h_pred [S, B, g_dim] (steps `steps`, in order; cond [T, B, D], row i-1 for step i) in one call of
@@ -227,8 +239,8 @@ class SVG(nn.Module):
         skips = [rows(s, frames[0] * B, (frames[-1] + 1) * B) for s in skips_all]
         repeats = None if len(frames) == S else [idx.count(j) for j in frames]
         groups = S if self.cfg.bn_stats == "step" else 1
-        c = cond[steps.start - 1:steps.stop - 1].reshape(S * B, -1)
-        x = (decoder or self.decoder)(h_pred.reshape(S * B, -1), skips, repeats, groups=groups, cond=c)
+        x = (decoder or self.decoder)(h_pred.reshape(S * B, -1), skips, repeats, groups=groups,
+                                      cond=self.decoder_rows(cond, steps))
         return x.view(S, B, *x.shape[1:])
 
     def _loss(self, x_pred: torch.Tensor, enc: Encoded, mu: torch.Tensor, logvar: torch.Tensor,
