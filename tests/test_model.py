@@ -445,3 +445,21 @@ def test_decoder_cond_moves_what_the_decoder_draws_with_the_conditioning_and_che
         with pytest.raises(ValueError, match=r"need cond \[3, 7\]"):
             spatial.decoder(h, skips, cond=cond[:, 0, :4])
     assert [tuple(w.shape) for w in spatial.decoder.spatial.coords] == [(64, 2), (32, 2), (16, 2), (8, 2)]
+
+
+@pytest.mark.parametrize("decoder_cond,skip_from", [("step", "last_context"), ("step_and_skip", "last_context"),
+                                                    ("step_and_skip", "reference"), ("step_and_skip", "previous")])
+def test_decoder_rows_are_the_predictors_row_and_the_skip_frames_row(decoder_cond, skip_from):
+    """Step i (frame i) reads cond row i-1, as the predictor; with step_and_skip also the row of the frame its skips
+    come from, written out here per setting (n_past 2, T 6) rather than derived from `skip_source`."""
+    model = tiny(decoder_cond=decoder_cond, skip_from=skip_from)
+    cond = torch.arange(6.0)[:, None, None].expand(6, 2, 7)  # time-major [T, B, D]: every entry is its row index
+    skip_rows = {"last_context": [0, 1, 1, 1, 1], "reference": [0, 0, 0, 0, 0], "previous": [0, 1, 2, 3, 4]}[skip_from]
+    rows = model.decoder_rows(cond, range(1, 6)).view(5, 2, -1)
+    assert rows[:, :, :7].eq(torch.arange(5.0)[:, None, None]).all()
+    if decoder_cond == "step":
+        assert rows.shape[2] == 7
+    else:
+        assert rows[:, :, 7:].eq(torch.tensor(skip_rows, dtype=torch.float32)[:, None, None]).all()
+    assert model.decoder_rows(cond, [4]).shape == (2, 7 if decoder_cond == "step" else 14)
+    assert tiny().decoder_rows(cond, [4]) is None
