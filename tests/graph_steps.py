@@ -60,10 +60,11 @@ def structured_batch(i: int, device: torch.device) -> tuple[torch.Tensor, torch.
     return frames.to(device), cond.to(device)
 
 
-def tiny_svg() -> SVG:
+def tiny_svg(decoder_cond: str = "none") -> SVG:
     """The same small SVG (float32, channels_last) on every call."""
     torch.manual_seed(0)
-    model = SVG(ModelConfig(width=0.125, g_dim=16, z_dim=Z_DIM, rnn_size=32), cond_dim=COND_DIM, n_past=2)
+    model = SVG(ModelConfig(width=0.125, g_dim=16, z_dim=Z_DIM, rnn_size=32, decoder_cond=decoder_cond),
+                cond_dim=COND_DIM, n_past=2)
     return model.to(memory_format=torch.channels_last)
 
 

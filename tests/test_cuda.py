@@ -86,14 +86,15 @@ def bf16_accelerator():
     GradientState._reset_state()
 
 
-def test_graphed_steps_train_as_eager_steps(bf16_accelerator):
+@pytest.mark.parametrize("decoder_cond", ["none", "step_and_skip"])  # step_and_skip gathers rows in the graph
+def test_graphed_steps_train_as_eager_steps(bf16_accelerator, decoder_cond):
     from toolkit.train.graphs import GraphedStep
     from toolkit.train.step import Meter, make_optimizer, train_micro_batch
 
     acc = bf16_accelerator
-    runs, initial = {}, [p.detach().double() for p in graph_steps.tiny_svg().parameters()]
+    runs, initial = {}, [p.detach().double() for p in graph_steps.tiny_svg(decoder_cond).parameters()]
     for graphed in (False, True):
-        model = graph_steps.tiny_svg()
+        model = graph_steps.tiny_svg(decoder_cond)
         model, optimizer = acc.prepare(model, make_optimizer(model, 0.0, (0.9, 0.999), 0.0, acc.device,
                                                              capturable=graphed))
         meter = Meter(acc.device, 1)

@@ -378,11 +378,13 @@ def test_decoding_with_precomputed_skip_terms_equals_decoding_with_skips(channel
 
 
 @pytest.mark.parametrize("skip_from", ["reference", "last_context", "previous"])
-def test_generation_reads_the_skips_each_setting_names(skip_from):
-    """Each step's skips come from the frame `skip_source` names: a generation written with the decoder's plain
-    call over those frames' skips gives the same frames."""
+@pytest.mark.parametrize("decoder_cond", ["none", "step_and_skip"])
+def test_generation_reads_the_skips_each_setting_names(skip_from, decoder_cond):
+    """Each step's skips come from the frame `skip_source` names, and with decoder_cond its decoder reads the rows
+    of step i-1 and of that frame: a generation written with the decoder's plain call over those frames' skips
+    and rows gives the same frames."""
     frames, cond = batch()
-    model = calibrate_bn(tiny(skip_from=skip_from), frames, cond)
+    model = calibrate_bn(tiny(skip_from=skip_from, decoder_cond=decoder_cond), frames, cond)
     steps = model.noise_steps(3)
     noise = torch.randn(B, steps, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -395,8 +397,9 @@ def test_generation_reads_the_skips_each_setting_names(skip_from):
                 if i < N_PAST else noise[:, i - 1]
             h_pred, state = model.predictor(torch.cat([h_in, z, cond[:, i - 1]], 1)[None], state)
             if i >= N_PAST:
-                _, skips = model.encoder(seen[model.skip_source(i)])
-                seen.append(model.decoder(h_pred[0], skips))
+                j = model.skip_source(i)
+                _, skips = model.encoder(seen[j])
+                seen.append(model.decoder(h_pred[0], skips, cond=torch.cat([cond[:, i - 1], cond[:, j]], 1)))
     expected = torch.stack(seen[N_PAST:], 1)
     assert (got - expected).abs().max() < 1e-5 and got.std() > 1e-2
 
@@ -463,3 +466,5 @@ def test_decoder_rows_are_the_predictors_row_and_the_skip_frames_row(decoder_con
         assert rows[:, :, 7:].eq(torch.tensor(skip_rows, dtype=torch.float32)[:, None, None]).all()
     assert model.decoder_rows(cond, [4]).shape == (2, 7 if decoder_cond == "step" else 14)
     assert tiny().decoder_rows(cond, [4]) is None
+    with pytest.raises(ValueError, match="consecutive"):
+        model.decoder_rows(cond, [2, 4])

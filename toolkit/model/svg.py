@@ -221,9 +221,13 @@ class SVG(nn.Module):
         or None."""
         if self.cfg.decoder_cond == "none":
             return None
+        if list(steps) != list(range(steps[0], steps[-1] + 1)):
+            raise ValueError(f"SVG.decoder_rows: steps must be consecutive, got {list(steps)}")
         rows = cond[steps[0] - 1:steps[-1]]
         if self.cfg.decoder_cond == "step_and_skip":
-            rows = torch.cat([rows, cond[[self.skip_source(i) for i in steps]]], 2)
+            # a stack of row views, not an index list: a list index is copied to the device with a host sync,
+            # which a CUDA graph's capture forbids
+            rows = torch.cat([rows, torch.stack([cond[self.skip_source(i)] for i in steps])], 2)
         return rows.flatten(0, 1)
 
     def _decode_steps(self, h_pred: torch.Tensor, skips_all: list[torch.Tensor], cond: torch.Tensor, steps: range,
