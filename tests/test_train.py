@@ -133,6 +133,7 @@ def test_bad_recipe_keys_and_values_give_clear_errors(tmp_path, shards):
         (["--model.zdim=3"], "unknown key 'model.zdim'; did you mean 'model.z_dim'?"),
         (["--schedule.kl_anneal=cyclic"], "'schedule.kl_anneal' must be one of monotonic, cyclical, none"),
         (["--train.epochs=ten"], "'train.epochs' must be int, got 'ten'"),
+        (["--model.decoder_cond=yes"], "'model.decoder_cond' must be one of none, step, step_and_skip, got True"),
         (["--data.shards=" + str(tmp_path / "nowhere")], "cannot read the shard manifest"),
     ]:
         proc = cvae("train", str(path), *args)

@@ -63,7 +63,7 @@ def _coerce(value, tp, key: str, where: str):
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    name = getattr(tp, "__name__", str(tp))
+    name = f"one of {', '.join(CHOICES[key])}" if key in CHOICES else getattr(tp, "__name__", str(tp))
     raise ConfigError(f"{where}: '{key}' must be {name}, got {value!r}")
 
 
