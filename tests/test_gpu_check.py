@@ -68,7 +68,7 @@ def test_the_dry_run_walks_every_part_and_a_part_over_its_limit_is_killed(tmp_pa
     parts = re.findall(r"^## (\w+): ok after", report, re.M)
     assert parts == ["test_graphed_steps_train_as_eager_steps", "throughput", "train", "eval", "eval_speed",
                      "cuda_tests", "compile_test"], report
-    assert "tests/test_cuda.py::test_graphed_steps_train_as_eager_steps SKIPPED" in report  # node ids that exist
+    assert "tests/test_cuda.py::test_graphed_steps_train_as_eager_steps[none] SKIPPED" in report  # node ids exist
     assert "test_nonfinite_losses_are_skipped_then_abort_keeps_the_last_checkpoint PASSED" in report
     assert "8 skipped" in report and "    2 graphs                on skipped: CUDA graphs need a CUDA device" in report
     assert re.search(r"^## data: \S+ made$", report, re.M) and "# done after" in report
